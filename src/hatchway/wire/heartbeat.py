@@ -32,6 +32,10 @@ class Heartbeater:
             return False
         return self._sent_at == 0.0 or now - self._sent_at >= self.interval
 
+    def next_due(self) -> float:
+        """When the next beat goes out (only meaningful once the current one is answered)."""
+        return self._sent_at + self.interval
+
     def beat(self, nonce: bytes, now: float) -> bytes:
         if len(nonce) != 4:
             raise ValueError("a heartbeat nonce is 4 bytes")

@@ -1,0 +1,1 @@
+"""The agent: connects to an edge, binds endpoints, forwards proxy streams. Never imports the edge."""

@@ -1,0 +1,50 @@
+"""Entry point of the ``hatchway`` console script (typer). Commands only parse and call; no logic here."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import typer
+
+from hatchway import __version__
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Hatchway: a self-hosted tunnel edge.")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is installed (the data path is built for it), else stdlib asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    result: T = uvloop.run(coro)
+    return result
+
+
+@app.command()
+def version() -> None:
+    """Print Hatchway's version."""
+    typer.echo(f"hatchway {__version__}")
+
+
+@app.command()
+def demo() -> None:
+    """Carry one HTTP request through a loopback tunnel (sample app <- agent <- muxado/TLS <- edge)."""
+    from hatchway.cli.demo import DemoResult, run_demo
+
+    result: DemoResult = _run(run_demo())
+    typer.echo(f"edge tunnel listener  {result.tunnel_addr} (TLS, dev CA)")
+    typer.echo(f"endpoint bound        {result.url}")
+    typer.echo(f"response              {result.status_line}")
+    typer.echo(f"body                  {result.body}")
+    if not result.status_line.startswith("HTTP/1.1 200"):
+        sys.exit(1)
+
+
+def main() -> None:
+    app()

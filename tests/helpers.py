@@ -1,0 +1,25 @@
+"""Small helpers shared by tests (importable because pytest's ``pythonpath`` includes ``tests/``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hatchway.edge.tunnels import AgentSession
+
+
+async def proxy_get(
+    session: AgentSession, tunnel_id: str, path: str = "/", client: str = "203.0.113.7:54321"
+) -> bytes:
+    """What the edge does for a public request: a Proxy stream, a raw HTTP/1.1 request, the whole answer."""
+    stream = await session.open_proxy(tunnel_id, client, "https")
+    await stream.write(f"GET {path} HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n".encode())
+    async with asyncio.timeout(10):
+        return await stream.read_all(limit=1 << 20)
+
+
+async def wait_until(predicate: object, within: float = 10.0, step: float = 0.02) -> None:
+    """Poll ``predicate()`` until it holds; fail after ``within`` seconds (for state without an event)."""
+    assert callable(predicate)
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 -- polls state that has no event to wait on
+            await asyncio.sleep(step)
