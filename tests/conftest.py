@@ -41,6 +41,18 @@ class RecordingRegistry(Registry):
 
     async def bind(self, session: AgentSession, bind: m.Bind) -> m.BindResp:
         self.binds.append(bind)
+        if bind.proto in ("tcp", "tls"):
+            # Test double: the edge's TCP/TLS endpoints are a later issue. Answering the Bind lets the
+            # wire tests check how the SDKs encode those options; nothing listens on this address.
+            where = bind.tcp_opts().addr if bind.proto == "tcp" else bind.tls_opts().requested_domain
+            self.changed.set()
+            return m.BindResp(
+                id=f"tn_{bind.proto}_{len(self.binds)}",
+                url=f"{bind.proto}://{where}",
+                proto=bind.proto,
+                opts=bind.opts,
+                extra=m.BindRespExtra(token="t"),
+            )
         resp = await super().bind(session, bind)
         self.changed.set()
         return resp

@@ -12,6 +12,7 @@ import ngrok
 import pytest
 
 from conftest import TOKEN, App, Edge
+from hatchway.net import tls
 from hatchway.wire import messages as m
 from hatchway.wire.rpc import StreamType
 from helpers import proxy_get, wait_until
@@ -139,3 +140,98 @@ async def test_heartbeats_reach_the_edge(edge: Edge) -> None:
         assert not session.conn.is_closed
     finally:
         await sess.close()
+
+
+async def test_ip_literal_server_addr_uses_the_ip_san(edge: Edge) -> None:
+    """``127.0.0.1:PORT`` makes the SDK send no SNI and check an IP SAN (protocol.md §1)."""
+    sess = await (
+        ngrok.SessionBuilder()
+        .authtoken(TOKEN)
+        .server_addr(f"127.0.0.1:{edge.port}")
+        .ca_cert(bytearray(edge.ca_pem))
+        .connect()
+    )
+    try:
+        listener = await sess.http_endpoint().domain("py-ip.example.test").listen()
+        assert listener.url() == "https://py-ip.example.test"
+    finally:
+        await sess.close()
+
+
+async def test_every_http_option_arrives_decoded(edge: Edge) -> None:
+    """The builder's middleware options land in ``Opts`` and decode into the typed HttpEndpoint."""
+    sess = await _builder(edge).connect()
+    try:
+        await (
+            sess.http_endpoint()
+            .domain("py-options.example.test")
+            .basic_auth("alice", "s3cr3tpassw0rd")
+            .allow_cidr("0.0.0.0/0")
+            .deny_cidr("10.1.1.1/32")
+            .compression()
+            .circuit_breaker(0.5)
+            .request_header("X-Probe", "yes")
+            .remove_response_header("Server")
+            .allow_user_agent("^curl")
+            .deny_user_agent("bot")
+            .oauth("google", allow_emails=["a@example.com"])
+            .webhook_verification("github", "whsecret")
+            .websocket_tcp_conversion()
+            .mutual_tlsca(bytearray(edge.ca_pem))
+            .proxy_proto("1")
+            .traffic_policy('{"on_http_request":[{"actions":[{"type":"deny"}]}]}')
+            .metadata("opts-meta")
+            .listen()
+        )
+        opts = edge.registry.binds[-1].http_opts()
+        assert opts.basic_auth is not None and opts.basic_auth.credentials[0].username == "alice"
+        assert opts.basic_auth.credentials[0].cleartext_password == "s3cr3tpassw0rd"
+        assert opts.ip_restriction is not None
+        assert opts.ip_restriction.allow_cidrs == ["0.0.0.0/0"] and opts.ip_restriction.deny_cidrs == [
+            "10.1.1.1/32"
+        ]
+        assert opts.compression is not None
+        assert opts.circuit_breaker is not None and opts.circuit_breaker.error_threshold == 0.5
+        assert opts.request_headers is not None and opts.request_headers.add == ["x-probe:yes"]
+        assert opts.response_headers is not None and opts.response_headers.remove == ["server"]
+        assert opts.user_agent_filter is not None
+        assert opts.user_agent_filter.allow == ["^curl"] and opts.user_agent_filter.deny == ["bot"]
+        assert opts.oauth is not None and opts.oauth.provider == "google"
+        assert opts.oauth.allow_emails == ["a@example.com"]
+        assert opts.webhook_verification is not None and opts.webhook_verification.provider == "github"
+        assert opts.websocket_tcp_converter is not None
+        assert opts.mutual_tls_ca is not None and opts.mutual_tls_ca.mutual_tls_ca != ""
+        assert opts.proxy_proto == 1
+        assert opts.traffic_policy is not None and '"deny"' in opts.traffic_policy
+        assert edge.registry.binds[-1].extra.metadata == "opts-meta"
+    finally:
+        await sess.close()
+
+
+async def test_tcp_and_tls_endpoint_options_arrive_decoded(edge: Edge) -> None:
+    sess = await _builder(edge).connect()
+    try:
+        tcp = await sess.tcp_endpoint().remote_addr("1.tcp.example.test:12345").proxy_proto("1").listen()
+        assert tcp.url() == "tcp://1.tcp.example.test:12345"
+        tcp_opts = edge.registry.binds[-1].tcp_opts()
+        assert edge.registry.binds[-1].proto == "tcp"
+        assert tcp_opts.addr == "1.tcp.example.test:12345" and tcp_opts.proxy_proto == 1
+        pair = tls_pair(edge)
+        tls_l = await (
+            sess.tls_endpoint()
+            .domain("tls.example.test")
+            .termination(bytearray(pair.cert_pem), bytearray(pair.key_pem))
+            .allow_cidr("127.0.0.0/8")
+            .listen()
+        )
+        assert tls_l.url() == "tls://tls.example.test"
+        tls_opts = edge.registry.binds[-1].tls_opts()
+        assert tls_opts.requested_domain == "tls.example.test"
+        assert tls_opts.tls_termination is not None and tls_opts.tls_termination.cert != ""
+        assert tls_opts.ip_restriction is not None and tls_opts.ip_restriction.allow_cidrs == ["127.0.0.0/8"]
+    finally:
+        await sess.close()
+
+
+def tls_pair(edge: Edge) -> tls.KeyPair:
+    return tls.issue_cert(edge.ca, ["tls.example.test"])
