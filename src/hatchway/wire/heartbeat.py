@@ -7,6 +7,7 @@ decide "the peer is silent" from times the caller passes in; neither reads a clo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 DEFAULT_INTERVAL = 10.0  # seconds; AuthExtra carries these in nanoseconds
@@ -18,7 +19,7 @@ class Heartbeater:
     interval: float = DEFAULT_INTERVAL
     tolerance: float = DEFAULT_TOLERANCE
     _pending: bytes | None = None
-    _sent_at: float = 0.0
+    _sent_at: float = -math.inf  # no beat yet (0.0 is a valid time: it must not mean "never")
     _last_ok: float | None = None
     _echo: bytearray = field(default_factory=bytearray)
     latency: float | None = None
@@ -30,7 +31,7 @@ class Heartbeater:
         """True when a new beat should go out (the first one goes out at once, as tokio's interval)."""
         if self._pending is not None:
             return False
-        return self._sent_at == 0.0 or now - self._sent_at >= self.interval
+        return now - self._sent_at >= self.interval
 
     def next_due(self) -> float:
         """When the next beat goes out (only meaningful once the current one is answered)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 
 import msgspec
@@ -69,38 +70,89 @@ def parse_stream_type(data: bytes) -> int:
     return int(value)
 
 
+# Outside strings only braces and quotes matter; inside a string, the body up to its closing quote is matched
+# in one C-level step (an escape is a backslash plus any one byte).
+_OBJECT_TOKEN = re.compile(rb'[{}"]')
+_STRING_BODY = re.compile(rb'[^"\\]*(?:\\[\s\S][^"\\]*)*')
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+
+
 class JsonReader:
     """Collects bytes until they hold one complete JSON object; trailing whitespace is fine.
 
     ``feed`` returns the decoded object (a dict) once complete, else None. With ``eof=True`` an
     incomplete or invalid object raises ``RemoteProtocolError``. Input past ``limit`` raises too, so a
-    peer cannot make us buffer without bound.
+    peer cannot make us buffer without bound. Input that cannot be an object (its first byte is not
+    ``{``) or that is invalid once its braces balance raises at once: the agent never FINs a request.
+
+    Each byte is scanned once (brace depth and string state carry over between feeds), so a request
+    trickled in one byte per frame costs linear, not quadratic, time.
     """
 
-    __slots__ = ("_buf", "_decoder", "limit")
+    __slots__ = ("_buf", "_depth", "_end", "_in_string", "_pos", "limit")
 
     def __init__(self, limit: int = MAX_RPC_SIZE) -> None:
         self._buf = bytearray()
-        self._decoder = json.JSONDecoder()
+        self._pos = 0  # where scanning resumes
+        self._depth = 0
+        self._in_string = False
+        self._end = 0  # one past the closing brace, once found
         self.limit = limit
 
     def feed(self, data: bytes, eof: bool = False) -> dict[str, object] | None:
         self._buf += data
         if len(self._buf) > self.limit:
             raise RemoteProtocolError("RPC message too large", ErrorCode.PROTOCOL)
-        text_bytes = bytes(self._buf).strip()
-        if text_bytes[-1:] == b"}":  # cheap pre-check: an object can only be complete at a '}'
+        if not self._end:
+            self._end = self._scan()
+        if self._end:
             try:
-                obj, _end = self._decoder.raw_decode(text_bytes.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                obj = None
-            if obj is not None:
-                if not isinstance(obj, dict):
-                    raise RemoteProtocolError("RPC message is not a JSON object", ErrorCode.PROTOCOL)
-                return obj
+                obj: dict[str, object] = json.loads(self._buf[: self._end].decode("utf-8"))
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+                raise RemoteProtocolError(f"invalid RPC JSON: {exc}", ErrorCode.PROTOCOL) from exc
+            return obj  # a dict: it starts with '{' and ends at the matching '}'
         if eof:
             raise RemoteProtocolError("RPC stream ended before a complete JSON object", ErrorCode.PROTOCOL)
         return None
+
+    def _scan(self) -> int:
+        """Advance over the new bytes; return the end of the object, or 0 while it is incomplete."""
+        buf = self._buf
+        size = len(buf)
+        pos = self._pos
+        if self._depth == 0:
+            pos = _WHITESPACE.match(buf, pos).end()  # type: ignore[union-attr]  # always matches
+            if pos == size:
+                self._pos = pos
+                return 0
+            if buf[pos] != 0x7B:  # '{'
+                raise RemoteProtocolError("RPC message is not a JSON object", ErrorCode.PROTOCOL)
+            self._depth = 1
+            pos += 1
+        while pos < size:
+            if self._in_string:
+                pos = _STRING_BODY.match(buf, pos).end()  # type: ignore[union-attr]  # always matches
+                if pos == size or buf[pos] == 0x5C:  # the string, or the escape ending it, goes on later
+                    break
+                self._in_string = False  # buf[pos] is the closing quote
+                pos += 1
+                continue
+            token = _OBJECT_TOKEN.search(buf, pos)
+            if token is None:
+                pos = size
+                break
+            pos = token.end()
+            char = buf[token.start()]
+            if char == 0x22:  # '"'
+                self._in_string = True
+            elif char == 0x7B:
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    return pos
+        self._pos = pos
+        return 0
 
 
 def encode_proxy_header(header: m.ProxyHeader) -> bytes:
