@@ -12,22 +12,21 @@ import asyncio
 import pytest
 
 from conftest import TOKEN, App, Edge
-from hatchway.agent.forward import splice_tcp
-from hatchway.agent.session import AgentSession
-from hatchway.errors import RpcError
+from hatchway.agent.forward import make_forwarder
+from hatchway.agent.session import AgentSession, ProxyHandler
+from hatchway.agent.spec import Upstream
+from hatchway.errors import RpcError, StreamResetError
 from hatchway.net import tls
 from hatchway.net.transport import MuxConnection, MuxStream
 from hatchway.wire import messages as m
+from hatchway.wire.frames import ErrorCode
 from hatchway.wire.mux import MuxSession
 from hatchway.wire.rpc import StreamType
 from helpers import proxy_get
 
 
-def _forward_to(app: App):  # type: ignore[no-untyped-def]
-    async def forward(header: m.ProxyHeader, stream: MuxStream, first: bytes) -> None:
-        await splice_tcp("127.0.0.1", app.port, header, stream, first)
-
-    return forward
+def _forward_to(app: App) -> ProxyHandler:
+    return make_forwarder(Upstream("http", "127.0.0.1", app.port))
 
 
 async def _connect(edge: Edge, token: str = TOKEN, **kw: float) -> AgentSession:
@@ -70,19 +69,19 @@ async def test_domain_online_elsewhere_is_refused(edge: Edge, http_app: App) -> 
         await b.aclose()
 
 
-async def test_upstream_down_gives_a_502_from_the_agent(edge: Edge) -> None:
+async def test_upstream_down_refuses_the_stream(edge: Edge) -> None:
+    """The agent writes nothing and resets with STREAM_REFUSED; the edge turns that into its 502 page."""
     agent = await _connect(edge)
     try:
-
-        async def forward(header: m.ProxyHeader, stream: MuxStream, first: bytes) -> None:
-            await splice_tcp("127.0.0.1", 1, header, stream, first)  # nothing listens on port 1
-
+        forward = make_forwarder(Upstream("http", "127.0.0.1", 1))  # nothing listens on port 1
         tunnel = await agent.bind("https", {}, forward)
         assert tunnel.url.endswith(".hatchway.localhost")
         host = tunnel.url.removeprefix("https://")
         session, tid = edge.registry.lookup(host) or (None, "")
         assert session is not None
-        assert (await proxy_get(session, tid)).startswith(b"HTTP/1.1 502")
+        with pytest.raises(StreamResetError) as info:
+            await proxy_get(session, tid)
+        assert info.value.mux_code == ErrorCode.STREAM_REFUSED
     finally:
         await agent.aclose()
 

@@ -16,7 +16,17 @@ T = TypeVar("T")
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Hatchway: a self-hosted tunnel edge.")
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _mount() -> None:
+    from hatchway.cli.agent_cmd import config_app, http, start
+    from hatchway.cli.edge_cmd import edge_app
+
+    app.add_typer(edge_app, name="edge")
+    app.add_typer(config_app, name="config")
+    app.command()(http)
+    app.command()(start)
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when it is installed (the data path is built for it), else stdlib asyncio."""
     try:
         import uvloop
@@ -37,7 +47,7 @@ def demo() -> None:
     """Carry one HTTP request through a loopback tunnel (sample app <- agent <- muxado/TLS <- edge)."""
     from hatchway.cli.demo import DemoResult, run_demo
 
-    result: DemoResult = _run(run_demo())
+    result: DemoResult = run_loop(run_demo())
     typer.echo(f"edge tunnel listener  {result.tunnel_addr} (TLS, dev CA)")
     typer.echo(f"endpoint bound        {result.url}")
     typer.echo(f"response              {result.status_line}")
@@ -47,4 +57,5 @@ def demo() -> None:
 
 
 def main() -> None:
+    _mount()
     app()

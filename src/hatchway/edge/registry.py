@@ -1,119 +1,197 @@
-"""Live endpoints: which agent session and tunnel serve a host. An in-memory ``TunnelHooks``.
+"""Live endpoints: which agent session and tunnel serve ``(scheme, host)``. Implements ``TunnelHooks``.
 
-It accepts agents whose authtoken is known, gives each HTTP endpoint a URL (the requested domain, or a
-random name under the base domain) and refuses a domain that is already online. It holds no sockets and
-writes nothing to disk: durable accounts and reservations belong to the store.
+It checks authtokens, gives each HTTP endpoint its URL (the requested domain, or a random name under
+the base domain), enforces domain ownership and "already online" (ngrok's error codes), and answers
+lookups with the most specific online endpoint (exact name first, then the nearest wildcard). It holds
+no sockets and writes nothing to disk: durable tokens and reservations come from the callables it is
+given (the store).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import random
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from hatchway.edge import domains
 from hatchway.edge.tunnels import AgentSession
+from hatchway.http.headers import parse_header_line
+from hatchway.store.base import DomainError
 from hatchway.wire import messages as m
 
-_WORDS = [
-    "amber",
-    "brisk",
-    "cedar",
-    "dune",
-    "ember",
-    "fern",
-    "glade",
-    "harbor",
-    "iris",
-    "juniper",
-    "kite",
-    "lumen",
-    "maple",
-    "north",
-    "opal",
-    "pine",
-    "quartz",
-    "river",
-    "sage",
-    "tidal",
-    "umber",
-    "vale",
-    "willow",
-    "yarrow",
-    "zephyr",
-]
+logger = logging.getLogger(__name__)
+
+TokenCheck = Callable[[str], str | None]  # authtoken -> account name, or None when not valid
+DomainOwner = Callable[[str], str | None]  # host -> account that reserved it (or a covering wildcard)
 
 
-def random_name() -> str:
-    """Three readable words plus a short suffix, e.g. ``cedar-kite-opal-3f9a``."""
-    return "-".join(secrets.choice(_WORDS) for _ in range(3)) + "-" + secrets.token_hex(2)
+@dataclass
+class Endpoint:
+    """One online HTTP endpoint: where its traffic goes and how the edge treats it."""
+
+    scheme: str
+    host: str
+    url: str
+    tunnel_id: str
+    session: AgentSession
+    account: str
+    opts: m.HttpEndpoint
+    forwards_to: str = ""
+    pooling: bool = False
+    request_add: list[tuple[bytes, bytes]] = field(default_factory=list)
+    request_remove: set[bytes] = field(default_factory=set)
+    response_add: list[tuple[bytes, bytes]] = field(default_factory=list)
+    response_remove: set[bytes] = field(default_factory=set)
+    rewrite_host: bytes = b""  # Host sent upstream when --host-header=rewrite
+
+    @property
+    def online(self) -> bool:
+        return not self.session.conn.is_closed
+
+    @classmethod
+    def build(
+        cls,
+        scheme: str,
+        host: str,
+        url: str,
+        tunnel_id: str,
+        session: AgentSession,
+        account: str,
+        bind: m.Bind,
+    ) -> Endpoint:
+        opts = bind.http_opts()
+        ep = cls(
+            scheme, host, url, tunnel_id, session, account, opts, bind.forwards_to, bind.extra.pooling_enabled
+        )
+        if opts.request_headers is not None:
+            ep.request_add = [parse_header_line(h) for h in opts.request_headers.add]
+            ep.request_remove = {h.strip().lower().encode("latin-1") for h in opts.request_headers.remove}
+        if opts.response_headers is not None:
+            ep.response_add = [parse_header_line(h) for h in opts.response_headers.add]
+            ep.response_remove = {h.strip().lower().encode("latin-1") for h in opts.response_headers.remove}
+        if opts.host_header_rewrite and bind.forwards_to and "://" not in bind.forwards_to:
+            ep.rewrite_host = bind.forwards_to.encode("latin-1")
+        return ep
+
+
+def _bind_error(message: str, code: str) -> m.BindResp:
+    return m.BindResp(error=m.join_error(message, code))
 
 
 class Registry:
     def __init__(
         self,
-        tokens: Callable[[str], bool] | set[str],
+        tokens: TokenCheck | set[str],
         base_domain: str = "hatchway.localhost",
-        public_port: int | None = None,
+        ports: dict[str, int] | None = None,
+        domain_owner: DomainOwner | None = None,
     ) -> None:
         self._check = tokens if callable(tokens) else self._in_set(tokens)
-        self.base_domain = base_domain
-        self.public_port = public_port
-        self.endpoints: dict[str, tuple[AgentSession, str]] = {}  # host -> (session, tunnel id)
-        self._sessions_by_client: dict[str, AgentSession] = {}
+        self.base_domain = base_domain.lower().strip(".")
+        self.ports = ports or {}
+        # Without an owner lookup (tests, demos) any domain may be bound; with one, names outside the
+        # base domain must be reserved by the binding account.
+        self._owner = domain_owner
+        self.endpoints: dict[tuple[str, str], list[Endpoint]] = {}
+        self._accounts: dict[int, str] = {}  # id(session) -> account
 
     @staticmethod
-    def _in_set(tokens: set[str]) -> Callable[[str], bool]:
-        def check(token: str) -> bool:
-            return any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)
+    def _in_set(tokens: set[str]) -> TokenCheck:
+        def check(token: str) -> str | None:
+            ok = any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)
+            return "default" if ok else None
 
         return check
 
-    def _url(self, scheme: str, host: str) -> str:
+    def url_for(self, scheme: str, host: str) -> str:
+        port = self.ports.get(scheme)
         default = 443 if scheme == "https" else 80
-        if self.public_port and self.public_port != default:
-            return f"{scheme}://{host}:{self.public_port}"
+        if port and port != default:
+            return f"{scheme}://{host}:{port}"
         return f"{scheme}://{host}"
 
+    # ---- TunnelHooks ---------------------------------------------------------------------------------
     async def authenticate(self, session: AgentSession, auth: m.Auth) -> m.AuthResp:
-        if not self._check(auth.extra.auth_token):
+        account = self._check(auth.extra.auth_token)
+        if account is None:
             return m.AuthResp(
                 error=m.join_error("The authtoken you specified is not valid.", "ERR_NGROK_107")
             )
-        client_id = auth.client_id or f"sess_{secrets.token_hex(8)}"
-        self._sessions_by_client[client_id] = session
+        self._accounts[id(session)] = account
         return m.AuthResp(
             version="3",
-            client_id=client_id,
-            extra=m.AuthRespExtra(version="hatchway", region="local", cookie=secrets.token_hex(8)),
+            client_id=auth.client_id or f"sess_{secrets.token_hex(8)}",
+            extra=m.AuthRespExtra(
+                version="hatchway", region="local", cookie=secrets.token_hex(8), account_name=account
+            ),
         )
 
     async def bind(self, session: AgentSession, bind: m.Bind) -> m.BindResp:
         if bind.proto not in ("http", "https"):
-            return m.BindResp(
-                error=m.join_error(f"protocol {bind.proto!r} is not served here", "ERR_NGROK_9017")
-            )
+            return _bind_error(f"protocol {bind.proto!r} is not served by this edge yet", "ERR_NGROK_9017")
+        account = self._accounts.get(id(session), "default")
         opts = bind.http_opts()
-        host = (opts.requested_domain or f"{random_name()}.{self.base_domain}").lower()
-        # A re-bind after reconnect keeps its tunnel id; the old session's entry is replaced.
         tunnel_id = bind.id or f"tn_{secrets.token_hex(12)}"
-        current = self.endpoints.get(host)
-        if current is not None and current[1] != tunnel_id and not current[0].conn.is_closed:
-            return m.BindResp(
-                error=m.join_error(f"The endpoint '{host}' is already online.", "ERR_NGROK_334")
+        requested = (opts.requested_domain or "").lower().strip().rstrip(".")
+        if requested:
+            problem = self._check_domain(requested, account)
+            if problem is not None:
+                return problem
+            host = requested
+        else:
+            host = self._fresh_name(bind.proto)
+        key = (bind.proto, host)
+        current = [e for e in self.endpoints.get(key, []) if e.online and e.tunnel_id != tunnel_id]
+        pooling = bind.extra.pooling_enabled
+        if current and not (pooling and all(e.pooling for e in current)):
+            return _bind_error(
+                f"The endpoint '{self.url_for(bind.proto, host)}' is already online. Stop the other agent "
+                "or enable pooling on every endpoint that shares the URL.",
+                "ERR_NGROK_334",
             )
-        self.endpoints[host] = (session, tunnel_id)
+        url = self.url_for(bind.proto, host)
+        ep = Endpoint.build(bind.proto, host, url, tunnel_id, session, account, bind)
+        self.endpoints[key] = [*current, ep]
+        logger.info("endpoint online %s (tunnel %s, account %s)", url, tunnel_id, account)
         return m.BindResp(
             id=tunnel_id,
-            url=self._url(bind.proto, host),
+            url=url,
             proto=bind.proto,
-            opts=bind.opts,  # echo: Rust re-parses Opts and needs its required fields (§5.2)
+            opts=bind.opts,  # echo: Rust re-parses Opts and needs its required fields (protocol.md §5.2)
             extra=m.BindRespExtra(token=bind.extra.token or secrets.token_hex(8)),
         )
 
+    def _check_domain(self, host: str, account: str) -> m.BindResp | None:
+        try:
+            domains.validate_domain(host)
+        except DomainError as exc:
+            return _bind_error(exc.message, exc.ngrok_code)
+        owner = self._owner(host) if self._owner is not None else None
+        if owner is not None and owner != account:
+            return _bind_error(f"The domain '{host}' is reserved by another account.", "ERR_NGROK_320")
+        if self._owner is not None and owner is None and not host.endswith("." + self.base_domain):
+            return _bind_error(
+                f"The domain '{host}' is not reserved. Reserve it first with "
+                f"`hatchway edge domain add {host}`.",
+                "ERR_NGROK_319",
+            )
+        if host.startswith("*.") and self._owner is not None and owner is None:
+            return _bind_error(f"The wildcard '{host}' must be reserved first.", "ERR_NGROK_319")
+        return None
+
+    def _fresh_name(self, scheme: str) -> str:
+        def taken(host: str) -> bool:
+            return (scheme, host) in self.endpoints or (
+                self._owner is not None and self._owner(host) is not None
+            )
+
+        return domains.random_name(self.base_domain, taken=taken)
+
     async def unbind(self, session: AgentSession, tunnel_id: str) -> None:
-        for host, (s, tid) in list(self.endpoints.items()):
-            if s is session and tid == tunnel_id:
-                del self.endpoints[host]
+        self._drop(lambda e: e.session is session and e.tunnel_id == tunnel_id)
 
     async def start_labeled(
         self, session: AgentSession, req: m.StartTunnelWithLabel
@@ -121,11 +199,42 @@ class Registry:
         return m.StartTunnelWithLabelResp(id=f"tn_{secrets.token_hex(12)}")
 
     def session_closed(self, session: AgentSession) -> None:
-        for host, (s, _tid) in list(self.endpoints.items()):
-            if s is session:
-                del self.endpoints[host]
-        if self._sessions_by_client.get(session.client_id) is session:
-            del self._sessions_by_client[session.client_id]
+        self._drop(lambda e: e.session is session)
+        self._accounts.pop(id(session), None)
+
+    def _drop(self, match: Callable[[Endpoint], bool]) -> None:
+        for key, eps in list(self.endpoints.items()):
+            keep = [e for e in eps if not match(e)]
+            if len(keep) != len(eps):
+                for e in eps:
+                    if match(e):
+                        logger.info("endpoint offline %s (tunnel %s)", e.url, e.tunnel_id)
+            if keep:
+                self.endpoints[key] = keep
+            else:
+                del self.endpoints[key]
+
+    # ---- routing ------------------------------------------------------------------------------------------
+    def route(self, scheme: str, host: str) -> Endpoint | None:
+        """The most specific online endpoint for ``host``: exact, then ``*.parent`` walking up."""
+        host = host.lower()
+        eps = self.endpoints.get((scheme, host))
+        if eps is None:
+            for key in domains.route_keys(host)[1:]:
+                eps = self.endpoints.get((scheme, key))
+                if eps is not None:
+                    break
+        if not eps:
+            return None
+        live = [e for e in eps if e.online]
+        if not live:
+            return None
+        return live[0] if len(live) == 1 else random.choice(live)
 
     def lookup(self, host: str) -> tuple[AgentSession, str] | None:
-        return self.endpoints.get(host.lower())
+        """(session, tunnel id) of the endpoint for ``host`` on any scheme (tests and the demo use it)."""
+        for scheme in ("https", "http"):
+            ep = self.route(scheme, host)
+            if ep is not None:
+                return ep.session, ep.tunnel_id
+        return None

@@ -174,6 +174,10 @@ class MuxStream:
 
     async def write_eof(self) -> None:
         """Half-close: the peer reads EOF; we can still read."""
+        self.send_eof()
+
+    def send_eof(self) -> None:
+        """The same as ``write_eof`` for callers that cannot await (FIN needs no window)."""
         if self._closed_error is None and self._conn.session.is_open(self.id):
             with contextlib.suppress(LocalProtocolError):
                 self._conn.session.send_eof(self.id)

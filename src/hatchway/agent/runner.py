@@ -1,0 +1,199 @@
+"""A long-lived agent: one session to the edge, endpoints bound from ``EndpointSpec``s, automatic reconnect.
+
+After the connection drops it redials with a short capped backoff, authenticates with its old
+``ClientId`` and re-binds every endpoint with the old tunnel id, token and host, so each keeps its URL
+(random ones included). It counts proxy streams for the status screen. It knows nothing of terminals or
+flags (``cli/``), nor of upstream protocols (``forward.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from hatchway.agent.forward import make_forwarder
+from hatchway.agent.session import AgentSession, BoundTunnel, ProxyHandler
+from hatchway.agent.spec import EndpointSpec
+from hatchway.errors import RpcError, SessionClosedError
+from hatchway.net.transport import MuxStream
+from hatchway.wire import messages as m
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentOptions:
+    server_addr: str
+    authtoken: str = ""
+    ssl_context: ssl.SSLContext | None = None
+    metadata: str = ""
+    heartbeat_interval: float = 10.0
+    heartbeat_tolerance: float = 15.0
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class Stats:
+    """Connection counts and stream durations (the status screen's ``ttl opn p50 p90``)."""
+
+    total: int = 0
+    open: int = 0
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def percentile(self, p: float) -> float:
+        if not self.durations:
+            return 0.0
+        ordered = sorted(self.durations)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+@dataclass
+class Endpoint:
+    """One spec and, while online, the tunnels bound for it (one per scheme)."""
+
+    spec: EndpointSpec
+    handler: ProxyHandler
+    tunnels: dict[str, BoundTunnel] = field(default_factory=dict)  # scheme -> tunnel
+    host: str = ""
+
+    @property
+    def urls(self) -> list[str]:
+        return [t.url for t in self.tunnels.values()]
+
+
+class Agent:
+    def __init__(
+        self, options: AgentOptions, on_event: Callable[[str, dict[str, object]], None] | None = None
+    ):
+        self.options = options
+        self.session: AgentSession | None = None
+        self.endpoints: list[Endpoint] = []
+        self.stats = Stats()
+        self.state = "connecting"
+        self._on_event = on_event or (lambda kind, data: None)
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+
+    def _emit(self, kind: str, **data: object) -> None:
+        self._on_event(kind, data)
+
+    async def _connect(self) -> AgentSession:
+        o = self.options
+        old = self.session
+        session = await AgentSession.connect(
+            o.server_addr,
+            o.authtoken,
+            ssl_context=o.ssl_context,
+            metadata=o.metadata,
+            heartbeat_interval=o.heartbeat_interval,
+            heartbeat_tolerance=o.heartbeat_tolerance,
+            connect_timeout=o.connect_timeout,
+            client_id=old.client_id if old is not None else "",
+            cookie=old.auth_resp.extra.cookie if old is not None else "",
+        )
+        self.session = session
+        return session
+
+    def _counting(self, handler: ProxyHandler) -> ProxyHandler:
+        stats = self.stats
+
+        async def counted(header: m.ProxyHeader, stream: MuxStream, first: bytes) -> None:
+            stats.total += 1
+            stats.open += 1
+            start = time.monotonic()
+            try:
+                await handler(header, stream, first)
+            finally:
+                stats.open -= 1
+                stats.durations.append(time.monotonic() - start)
+
+        return counted
+
+    async def start(self, specs: list[EndpointSpec]) -> list[Endpoint]:
+        """Connect and bind every spec; errors (bad token, refused domain) raise here, not later."""
+        for spec in specs:
+            up = spec.upstream()
+            self.endpoints.append(Endpoint(spec, self._counting(make_forwarder(up))))
+        session = await self._connect()
+        try:
+            for ep in self.endpoints:
+                await self._bind(session, ep)
+        except BaseException:
+            await session.aclose()
+            raise
+        self.state = "online"
+        self._emit("online", urls=[u for ep in self.endpoints for u in ep.urls])
+        self._runner = asyncio.ensure_future(self._watch())
+        return self.endpoints
+
+    async def _bind(self, session: AgentSession, ep: Endpoint) -> None:
+        spec = ep.spec
+        opts = spec.to_bind_opts()
+        schemes = list(dict.fromkeys(spec.url_schemes()))
+        # https first so a random name chosen for it is reused for http (ngrok's "both schemes").
+        schemes.sort(key=lambda s: s != "https")
+        for scheme in schemes:
+            old = ep.tunnels.get(scheme)
+            if ep.host:
+                opts = {**opts, "Hostname": ep.host}
+            tunnel = await session.bind(
+                scheme,
+                opts,
+                ep.handler,
+                forwards_to=spec.upstream().addr,
+                metadata=spec.metadata,
+                tunnel_id=old.id if old is not None else "",
+                token=old.token if old is not None else "",
+            )
+            ep.tunnels[scheme] = tunnel
+            ep.host = urlsplit(tunnel.url).hostname or ep.host
+            self._emit("bound", name=spec.name, url=tunnel.url, addr=spec.upstream().url)
+
+    async def _watch(self) -> None:
+        """Wait for the session to end; then reconnect and re-bind until closed."""
+        while not self._closing:
+            session = self.session
+            assert session is not None
+            await session.conn.wait_closed()
+            if self._closing:
+                return
+            self.state = "reconnecting"
+            self._emit("reconnecting")
+            attempt = 0
+            while not self._closing:
+                # Short, capped backoff: an edge restart should cost seconds, not minutes (protocol.md §7).
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                attempt += 1
+                try:
+                    session = await self._connect()
+                    for ep in self.endpoints:
+                        await self._bind(session, ep)
+                except RpcError as exc:
+                    logger.warning("reconnect refused: %s %s", exc.message, exc.ngrok_code)
+                    self._emit("error", error=exc.message, code=exc.ngrok_code)
+                    if self.session is not None:
+                        await self.session.aclose()
+                    continue
+                except (OSError, TimeoutError, SessionClosedError, ssl.SSLError) as exc:
+                    logger.debug("reconnect attempt %d failed: %s", attempt, exc)
+                    continue
+                self.state = "online"
+                self._emit("online", urls=[u for ep in self.endpoints for u in ep.urls], reconnected=True)
+                break
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self.session is not None:
+            await self.session.aclose()
+        self.state = "closed"

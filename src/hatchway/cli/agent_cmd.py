@@ -1,0 +1,354 @@
+"""``hatchway http``, ``hatchway start`` and ``hatchway config check``: flags and files to an ``Agent``.
+
+Resolution order for where to connect: flags, then environment (``HATCHWAY_AUTHTOKEN``,
+``NGROK_AUTHTOKEN``), then config files, then a dev edge on this machine (its data dir holds
+``edge.json``, ``ca.pem`` and ``dev-token``). Output is a live status screen on a terminal, log lines
+otherwise. This module parses and prints; the agent's behaviour lives in ``agent/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+
+from hatchway.agent.config import (
+    AgentConfig,
+    AgentSettings,
+    ConfigErrors,
+    check_config,
+    default_config_path,
+    load_config,
+)
+from hatchway.agent.discovery import dev_edge_dir, find_dev_edge
+from hatchway.agent.runner import Agent, AgentOptions
+from hatchway.agent.spec import EndpointSpec
+from hatchway.errors import ConfigError, RpcError
+from hatchway.net import tls
+
+config_app = typer.Typer(help="Check agent configuration files.", no_args_is_help=True)
+
+Multi = Annotated[list[str] | None, typer.Option()]
+
+
+def _split_multi(values: list[str] | None) -> list[str]:
+    """Repeatable flags also accept comma lists (``--scheme http,https``), as ngrok's do."""
+    out: list[str] = []
+    for v in values or []:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+@dataclass
+class Resolved:
+    settings: AgentSettings
+    specs: list[EndpointSpec]
+    ca_pem: bytes | None
+
+
+def _load(config: list[Path] | None) -> AgentConfig:
+    paths = list(config or [])
+    if not paths and default_config_path().exists():
+        paths = [default_config_path()]
+    return load_config(paths)
+
+
+def resolve(
+    cfg: AgentConfig,
+    specs: list[EndpointSpec],
+    authtoken: str | None,
+    server_addr: str | None,
+    root_cas: str | None,
+) -> Resolved:
+    s = cfg.settings
+    if authtoken:
+        s.authtoken = authtoken
+    elif not s.authtoken:
+        s.authtoken = os.environ.get("HATCHWAY_AUTHTOKEN") or os.environ.get("NGROK_AUTHTOKEN") or ""
+    if server_addr:
+        s.server_addr = server_addr
+    if root_cas:
+        s.root_cas = root_cas
+    if not s.server_addr:
+        dev = find_dev_edge()
+        if dev is None:
+            raise ConfigError(
+                "server_addr",
+                "no edge to connect to: pass --server-addr HOST:PORT (or set server_addr), or run "
+                f"`hatchway edge` on this machine (looked in {dev_edge_dir()})",
+            )
+        s.server_addr = dev.server_addr
+        # A dev edge's certificates come from its own CA: trust it unless a CA file was named.
+        if (not s.root_cas or s.root_cas in ("trusted", "host")) and not root_cas and dev.ca_file is not None:
+            s.root_cas = str(dev.ca_file)
+        if not s.authtoken:
+            s.authtoken = dev.token
+    ca_pem: bytes | None = None
+    if s.root_cas and s.root_cas not in ("trusted", "host"):
+        try:
+            ca_pem = Path(s.root_cas).expanduser().read_bytes()
+        except OSError as exc:
+            raise ConfigError("root_cas", f"cannot read {s.root_cas}: {exc.strerror}") from exc
+    return Resolved(s, specs, ca_pem)
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+class Output:
+    """Log lines (logfmt or JSON) to a stream, or a live status screen on a terminal."""
+
+    def __init__(self, log: str, log_format: str, level: str, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.format = log_format
+        self.stream: TextIO | None = None
+        self.live: Any = None
+        self.agent: Agent | None = None
+        self.level = level
+        if log in ("", "stdout"):
+            self.stream = sys.stdout
+        elif log == "stderr":
+            self.stream = sys.stderr
+        elif log != "false":
+            self.stream = open(log, "a", buffering=1)  # noqa: SIM115 -- kept open for the agent's lifetime
+
+    def line(self, lvl: str, msg: str, **fields: object) -> None:
+        if self.stream is None or (lvl == "debug" and self.level != "debug"):
+            return
+        t = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if self.format == "json":
+            self.stream.write(json.dumps({"t": t, "lvl": lvl, "msg": msg, **fields}) + "\n")
+        else:
+            parts = [f"t={t}", f"lvl={lvl}", f"msg={json.dumps(msg)}"]
+            parts += [
+                f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
+                for k, v in fields.items()
+            ]
+            self.stream.write(" ".join(parts) + "\n")
+        self.stream.flush()
+
+    def event(self, kind: str, data: dict[str, object]) -> None:
+        if kind == "bound":
+            self.line(
+                "info", "started tunnel", obj="tunnels", name=data["name"], addr=data["addr"], url=data["url"]
+            )
+        elif kind == "online":
+            self.line(
+                "info",
+                "client session established" if not data.get("reconnected") else "reconnected",
+                obj="csess",
+                urls=",".join(str(u) for u in _as_list(data.get("urls"))),
+            )
+        elif kind == "reconnecting":
+            self.line("warn", "session closed, reconnecting", obj="csess")
+        elif kind == "error":
+            self.line("error", str(data.get("error")), err=data.get("code", ""))
+
+
+def status_table(agent: Agent, settings: AgentSettings) -> Any:
+    from rich.table import Table
+
+    t = Table.grid(padding=(0, 3))
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("Session Status", {"online": "[green]online[/]"}.get(agent.state, f"[yellow]{agent.state}[/]"))
+    t.add_row("Edge", settings.server_addr)
+    if agent.session is not None and agent.session.latency is not None:
+        t.add_row("Latency", f"{agent.session.latency * 1000:.0f}ms")
+    for ep in agent.endpoints:
+        for url in ep.urls:
+            t.add_row("Forwarding", f"{url} -> {ep.spec.upstream().url}")
+    st = agent.stats
+    t.add_row("", "")
+    t.add_row("Connections", "ttl     opn     p50     p90")
+    t.add_row("", f"{st.total:<7} {st.open:<7} {st.percentile(50):<7.2f} {st.percentile(90):.2f}")
+    return t
+
+
+async def run_agent(res: Resolved, out: Output, console: bool) -> int:
+    ctx = tls.client_context(res.ca_pem)  # None (trusted/host) means the system store
+    s = res.settings
+    agent = Agent(
+        AgentOptions(
+            server_addr=s.server_addr,
+            authtoken=s.authtoken,
+            ssl_context=ctx,
+            metadata=s.metadata,
+            heartbeat_interval=s.heartbeat_interval,
+            heartbeat_tolerance=s.heartbeat_tolerance,
+            connect_timeout=s.connect_timeout,
+        ),
+        on_event=out.event,
+    )
+    try:
+        await agent.start(res.specs)
+    except RpcError as exc:
+        code = f" [{exc.ngrok_code}]" if exc.ngrok_code else ""
+        typer.echo(f"ERROR: {exc.message}{code}", err=True)
+        return 1
+    except (OSError, TimeoutError) as exc:
+        typer.echo(f"ERROR: cannot reach the edge at {s.server_addr}: {exc}", err=True)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if console:
+        from rich.live import Live
+
+        with Live(status_table(agent, s), refresh_per_second=2, screen=False) as live:
+            while not stop.is_set():
+                live.update(status_table(agent, s))
+                try:
+                    async with asyncio.timeout(0.5):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+    else:
+        await stop.wait()
+    await agent.aclose()
+    return 0
+
+
+def _run(res: Resolved, log: str | None, log_format: str | None, log_level: str | None) -> None:
+    s = res.settings
+    log_target = log if log is not None else (s.log or "")
+    console = log is None and not s.log and sys.stdout.isatty()
+    out = Output(
+        "false" if console else log_target,
+        log_format or s.log_format or "logfmt",
+        log_level or s.log_level,
+        s,
+    )
+    from hatchway.cli.main import run_loop
+
+    raise typer.Exit(run_loop(run_agent(res, out, console)))
+
+
+def _fail(exc: ConfigError | ConfigErrors) -> None:
+    typer.echo(f"ERROR: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def http(
+    addr: Annotated[str, typer.Argument(help="Port, host:port, URL, file:///abs/path or unix:/path.")],
+    authtoken: Annotated[
+        str | None, typer.Option(help="Authtoken (also HATCHWAY_AUTHTOKEN / NGROK_AUTHTOKEN).")
+    ] = None,
+    domain: Annotated[str | None, typer.Option(help="Static, reserved or wildcard domain.")] = None,
+    url: Annotated[str | None, typer.Option(help="Endpoint URL, e.g. https://app.example.com.")] = None,
+    scheme: Multi = None,
+    basic_auth: Multi = None,
+    request_header_add: Multi = None,
+    request_header_remove: Multi = None,
+    response_header_add: Multi = None,
+    response_header_remove: Multi = None,
+    host_header: Annotated[str | None, typer.Option(help="rewrite, preserve or a host.")] = None,
+    upstream_protocol: Annotated[str | None, typer.Option(help="http1 or http2 (h2c).")] = None,
+    app_protocol: Annotated[str | None, typer.Option(hidden=True)] = None,
+    metadata: Annotated[str | None, typer.Option()] = None,
+    traffic_policy_file: Annotated[
+        Path | None, typer.Option(help="Traffic Policy document (YAML or JSON).")
+    ] = None,
+    pooling_enabled: Annotated[bool, typer.Option()] = False,
+    config: Annotated[
+        list[Path] | None, typer.Option("--config", help="Config file(s), merged in order.")
+    ] = None,
+    log: Annotated[str | None, typer.Option(help="stdout, stderr, false or a file.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="logfmt or json.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warn, error.")] = None,
+    server_addr: Annotated[str | None, typer.Option(help="The edge's agent address HOST:PORT.")] = None,
+    root_cas: Annotated[str | None, typer.Option(help="PEM file of CAs to trust for the edge.")] = None,
+) -> None:
+    """Expose a local HTTP service on a public URL."""
+    try:
+        cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
+    except ConfigErrors as exc:
+        _fail(exc)
+    spec = EndpointSpec(
+        addr=addr,
+        name="command_line",
+        domain=domain or "",
+        url=url or "",
+        schemes=_split_multi(scheme) or ["https"],
+        basic_auth=list(basic_auth or []),
+        request_header_add=list(request_header_add or []),
+        request_header_remove=_split_multi(request_header_remove),
+        response_header_add=list(response_header_add or []),
+        response_header_remove=_split_multi(response_header_remove),
+        host_header=host_header or "",
+        upstream_protocol=upstream_protocol or app_protocol or "http1",
+        metadata=metadata or "",
+        pooling_enabled=pooling_enabled,
+    )
+    if traffic_policy_file is not None:
+        try:
+            spec.traffic_policy = traffic_policy_file.read_text()
+        except OSError as exc:
+            _fail(ConfigError("--traffic-policy-file", f"cannot read {traffic_policy_file}: {exc.strerror}"))
+    problems = spec.validate()
+    if problems:
+        for p in problems:
+            typer.echo(f"ERROR: --{p.field_path.replace('_', '-')}: {p.message}", err=True)
+        raise typer.Exit(1)
+    try:
+        res = resolve(cfg, [spec], authtoken, server_addr, root_cas)
+    except ConfigError as exc:
+        _fail(exc)
+    _run(res, log, log_format, log_level)
+
+
+def start(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Endpoint or tunnel names from the config.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Start every endpoint in the config.")] = False,
+    config: Annotated[
+        list[Path] | None, typer.Option("--config", help="Config file(s), merged in order.")
+    ] = None,
+    authtoken: Annotated[str | None, typer.Option()] = None,
+    log: Annotated[str | None, typer.Option()] = None,
+    log_format: Annotated[str | None, typer.Option()] = None,
+    log_level: Annotated[str | None, typer.Option()] = None,
+    server_addr: Annotated[str | None, typer.Option()] = None,
+    root_cas: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Start endpoints by name from the config file(s) (or --all)."""
+    try:
+        cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
+    except ConfigErrors as exc:
+        _fail(exc)
+    try:
+        specs = list(cfg.select(list(names or []), all_endpoints=all_).values())
+    except (ConfigError, ConfigErrors) as exc:
+        _fail(exc)
+    if not specs:
+        _fail(ConfigError("start", "name endpoints to start, or pass --all"))
+    try:
+        res = resolve(cfg, specs, authtoken, server_addr, root_cas)
+    except ConfigError as exc:
+        _fail(exc)
+    _run(res, log, log_format, log_level)
+
+
+@config_app.command("check")
+def config_check(
+    config: Annotated[list[Path] | None, typer.Option("--config", help="Config file(s) to check.")] = None,
+) -> None:
+    """Validate config files and print every error with its field path."""
+    paths = list(config or [default_config_path()])
+    errors = check_config(paths)
+    if errors:
+        for line in errors:
+            typer.echo(line, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Valid configuration file at {', '.join(map(str, paths))}")

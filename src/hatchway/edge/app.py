@@ -1,0 +1,172 @@
+"""Builds the edge from its configuration and runs its listeners: the only file that knows all the parts.
+
+Listeners: the agent tunnel (TLS, muxado), plain HTTP and HTTPS for clients. State: the store under the
+data dir (tokens, reserved domains), the dev CA for certificates, the in-memory registry of online
+endpoints. It wires parts together and owns their lifetimes; it holds no protocol or routing logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hatchway.edge.listeners.http1 import Http1Connection
+from hatchway.edge.listeners.https import HttpsConnection
+from hatchway.edge.registry import Registry
+from hatchway.edge.tls.certs import DevCertStore
+from hatchway.edge.tunnels import TunnelServer
+from hatchway.store.sqlite import SqliteStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path(os.environ.get("HATCHWAY_DATA_DIR", "~/.hatchway/edge")).expanduser()
+
+
+def split_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return default_host, int(value)
+    return (host.strip("[]") or default_host), int(port)
+
+
+@dataclass
+class EdgeConfig:
+    data_dir: Path = DEFAULT_DATA_DIR
+    base_domain: str = "hatchway.localhost"
+    http_addr: str = "127.0.0.1:8080"
+    https_addr: str = "127.0.0.1:8443"
+    tunnel_addr: str = "127.0.0.1:4443"
+    ssh_addr: str = "127.0.0.1:2222"
+    # Public ports put in URLs when they differ from the listen ports (behind a port forward, say).
+    public_http_port: int | None = None
+    public_https_port: int | None = None
+    extra_tokens: set[str] = field(default_factory=set)
+
+
+class Edge:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.certs = DevCertStore(config.data_dir, config.base_domain)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store: SqliteStore | None = SqliteStore(config.data_dir / "state.db")
+        self.registry = Registry(
+            self._check_token, base_domain=config.base_domain, domain_owner=self._domain_owner
+        )
+        self.tunnels = TunnelServer(self.registry, self.certs.tunnel_context())
+        self._servers: list[asyncio.Server] = []
+        self._clients: set[Http1Connection | HttpsConnection] = set()
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._revision = -1
+
+    # ---- store glue ----------------------------------------------------------------------------------
+    def _check_token(self, token: str) -> str | None:
+        if token and token in self.config.extra_tokens:
+            return "default"
+        if self.store is None:
+            return None
+        info = self.store.check_token(token)
+        return info.account if info is not None else None
+
+    def _domain_owner(self, host: str) -> str | None:
+        return self.store.domain_owner(host) if self.store is not None else None
+
+    async def _watch_store(self) -> None:
+        """Notice tokens revoked by another process (the CLI) and close their sessions."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.store is None:
+                return
+            rev = await asyncio.to_thread(self.store.revision)
+            if rev == self._revision:
+                continue
+            self._revision = rev
+            for session in list(self.tunnels.sessions):
+                auth = session.auth
+                if auth is None or auth.extra.auth_token in self.config.extra_tokens:
+                    continue
+                if await asyncio.to_thread(self.store.check_token, auth.extra.auth_token) is None:
+                    logger.info("authtoken revoked: closing session %s", session.client_id)
+                    session.go_away("authtoken revoked")
+                    session.close()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = split_hostport(self.config.tunnel_addr)
+        self.addresses["tunnel"] = await self.tunnels.start(host, port)
+        for scheme, addr, ctx in (
+            ("http", self.config.http_addr, None),
+            ("https", self.config.https_addr, self.certs.server_context()),
+        ):
+            host, port = split_hostport(addr)
+            server = await loop.create_server(self._factory(scheme), host, port, ssl=ctx, backlog=1024)
+            self._servers.append(server)
+            bound = server.sockets[0].getsockname()
+            self.addresses[scheme] = (str(bound[0]), int(bound[1]))
+        self.registry.ports = {
+            "http": self.config.public_http_port or self.addresses["http"][1],
+            "https": self.config.public_https_port or self.addresses["https"][1],
+        }
+        if self.store is not None:
+            self._revision = self.store.revision()
+            self._poller = asyncio.ensure_future(self._watch_store())
+        self._write_discovery()
+
+    def _write_discovery(self) -> None:
+        """Let an agent on this machine find this edge with no flags: where to dial, which CA, a token."""
+        d = self.config.data_dir
+        host, port = self.addresses["tunnel"]
+        dial = f"localhost:{port}" if host in ("127.0.0.1", "0.0.0.0", "::1", "::") else f"{host}:{port}"
+        info = {
+            "tunnel_addr": dial,
+            "http": self.registry.url_for("http", self.config.base_domain),
+            "https": self.registry.url_for("https", self.config.base_domain),
+            "base_domain": self.config.base_domain,
+        }
+        (d / "edge.json").write_text(json.dumps(info, indent=2) + "\n")
+        token_file = d / "dev-token"
+        if self.store is not None and not token_file.exists():
+            _info, secret = self.store.create_token("default", "dev token for agents on this machine")
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secret + "\n")
+
+    def _factory(self, scheme: str) -> Callable[[], Http1Connection | HttpsConnection]:
+        def make() -> Http1Connection | HttpsConnection:
+            # HTTPS clients get HTTP/2 or HTTP/1.1 by ALPN; plain HTTP is HTTP/1.1 only.
+            conn: Http1Connection | HttpsConnection = (
+                HttpsConnection(self.registry, self._clients.discard)
+                if scheme == "https"
+                else Http1Connection(self.registry, scheme, self._clients.discard)
+            )
+            self._clients.add(conn)
+            return conn
+
+        return make
+
+    async def aclose(self, drain: float = 5.0) -> None:
+        """Stop accepting, GOAWAY every agent, give requests in flight ``drain`` seconds, then close."""
+        for s in self._servers:
+            s.close()
+        if self._poller is not None:
+            self._poller.cancel()
+        in_flight: list[asyncio.Task[None]] = []
+        for c in self._clients:
+            if isinstance(c, HttpsConnection):
+                in_flight += c.in_flight()
+            elif c._task is not None and not c._task.done():
+                in_flight.append(c._task)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=drain)
+        for c in list(self._clients):
+            if isinstance(c, HttpsConnection):
+                c.close()
+            elif c.transport is not None:
+                c.transport.close()
+        await self.tunnels.aclose(drain=1.0)

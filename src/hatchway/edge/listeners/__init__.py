@@ -1,0 +1,1 @@
+"""Client-facing listeners: bytes from public clients become requests routed through tunnels."""

@@ -1,0 +1,500 @@
+"""HTTP/1.1 client connections at the edge: parse requests (httptools), send each through a tunnel, stream
+the response back.
+
+One client connection maps to one Proxy stream at a time (ngrok's "one stream per public connection"),
+reused for keep-alive requests to the same endpoint, so the agent keeps one upstream connection per
+client. Bodies stream both ways under backpressure: a slow client holds the stream's window, which holds
+the agent. This module owns the client socket; header decisions come from ``edge/proxy.py``. It never
+buffers a whole body and never lets one client's failure touch the tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from hatchway.edge import errors
+from hatchway.edge.proxy import Request, client_head, upstream_head
+from hatchway.edge.registry import Endpoint, Registry
+from hatchway.errors import SessionClosedError, StreamResetError
+from hatchway.http import headers as hh
+from hatchway.http.h1 import (
+    LAST_CHUNK,
+    ChunkedScanner,
+    Framing,
+    H1Error,
+    encode_chunk,
+    parse_response_head,
+    response_framing,
+)
+from hatchway.net.transport import MuxStream
+from hatchway.wire.frames import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+BODY_HIGH_WATER = 1 << 20  # pause reading a client whose body is not being consumed past this
+
+
+class ClientGone(Exception):
+    """The client closed or reset its connection; the exchange stops quietly."""
+
+
+class Body:
+    """A request body (or post-upgrade bytes) from the client, consumed by the task that feeds the tunnel."""
+
+    __slots__ = ("_chunks", "_conn", "_waiter", "eof", "size")
+
+    def __init__(self, conn: Http1Connection) -> None:
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.size = 0
+        self.eof = False
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.size += len(data)
+        if self.size > BODY_HIGH_WATER:
+            self._conn._pause_reading()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        while not self._chunks:
+            if self.eof or self._conn.closed:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self.size -= len(chunk)
+        if self.size <= BODY_HIGH_WATER // 2:
+            self._conn._resume_reading()
+        return chunk
+
+
+class Http1Connection(asyncio.Protocol):
+    """One client connection on the HTTP or HTTPS listener."""
+
+    def __init__(self, registry: Registry, scheme: str, on_close: Callable[[Http1Connection], None]) -> None:
+        self.registry = registry
+        self.scheme = scheme
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.client_port = 0
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: collections.deque[tuple[Request, Body]] = collections.deque()
+        self._current: tuple[Request, Body] | None = None
+        self._url = bytearray()
+        self._headers: hh.Headers = []
+        self._task: asyncio.Task[None] | None = None
+        self._upgraded: Body | None = None
+        self._paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        # The Proxy stream this connection uses and the endpoint it belongs to (reused for keep-alive).
+        self._stream: MuxStream | None = None
+        self._stream_ep: Endpoint | None = None
+
+    # ---- asyncio.Protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded is not None:
+            self._upgraded.feed(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0]) if exc.args else len(data)
+            # Bytes after an Upgrade request's head are the client's side of the new protocol.
+            assert self._current is not None
+            self._upgraded = self._current[1]
+            if offset < len(data):
+                self._upgraded.feed(data[offset:])
+        except httptools.HttpParserError as exc:
+            self._reject(errors.bad_request(str(exc) or type(exc).__name__))
+
+    def eof_received(self) -> bool | None:
+        if self._upgraded is not None:
+            self._upgraded.feed_eof()
+            return True  # keep our side open: the upstream may still answer
+        if self._current is not None:
+            self._current[1].feed_eof()
+        if self.transport is not None and self.transport.get_extra_info("sslcontext") is not None:
+            return False  # TLS has no half-close; returning True would only draw a warning
+        # Keep our side open while an exchange is in flight so its response can still be written.
+        return self._task is not None and not self._task.done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ClientGone())
+        for _req, body in [*self._queue, *([self._current] if self._current else [])]:
+            body.feed_eof()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._drop_stream(graceful=True)
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # ---- httptools callbacks -------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = bytearray()
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        host_value = hh.get(self._headers, b"host") or b""
+        host = (
+            host_value.decode("latin-1").rsplit(":", 1)[0] if b"]" not in host_value else host_value.decode()
+        )
+        te = hh.get(self._headers, b"transfer-encoding")
+        req = Request(
+            method=p.get_method(),
+            target=bytes(self._url),
+            headers=self._headers,
+            version=p.get_http_version(),
+            host=host.strip("[]").lower(),
+            client_ip=self.client_ip,
+            client_port=self.client_port,
+            scheme=self.scheme,
+            keep_alive=p.should_keep_alive(),
+            upgrade=p.should_upgrade(),
+            chunked=te is not None and b"chunked" in te.lower(),
+            has_body=te is not None
+            or (hh.get(self._headers, b"content-length") or b"0").strip() not in (b"0", b""),
+        )
+        body = Body(self)
+        self._current = (req, body)
+        self._queue.append((req, body))
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._serve())
+
+    def on_body(self, body: bytes) -> None:
+        if self._current is not None:
+            self._current[1].feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._current is not None and not self._current[0].upgrade:
+            self._current[1].feed_eof()
+            self._current = None
+
+    # ---- flow control helpers -----------------------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        tr = self.transport
+        if self.closed or tr is None or tr.is_closing():
+            raise ClientGone()
+        tr.write(data)
+
+    async def _drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self.closed:
+            raise ClientGone()
+
+    def _reject(self, err: errors.EdgeError) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(errors.render(err, close=True))
+            self.transport.close()
+
+    def _drop_stream(self, graceful: bool) -> None:
+        st, self._stream, self._stream_ep = self._stream, None, None
+        if st is None:
+            return
+        if graceful:
+            st.send_eof()
+        else:
+            st.reset(ErrorCode.STREAM_CANCELLED)
+
+    # ---- the exchange loop -----------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                req, body = self._queue.popleft()
+                keep = await self._exchange(req, body)
+                if not keep:
+                    self._drop_stream(graceful=True)
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                if self._paused and not self._queue:
+                    self._resume_reading()
+        except ClientGone:
+            self._drop_stream(graceful=False)
+        except asyncio.CancelledError:
+            self._drop_stream(graceful=False)
+            raise
+        except Exception:
+            logger.exception("edge exchange failed")
+            self._drop_stream(graceful=False)
+            if self.transport is not None:
+                self.transport.abort()
+
+    async def _send_error(self, err: errors.EdgeError, req: Request, body: Body) -> bool:
+        close = not req.keep_alive or not body.eof or req.upgrade
+        self._write(
+            errors.render(err, hh.get(req.headers, b"accept"), close=close, head_only=req.method == b"HEAD")
+        )
+        await self._drain()
+        return not close
+
+    async def _exchange(self, req: Request, body: Body) -> bool:
+        """Proxy one request; True when the client connection may carry another."""
+        if not req.host:
+            return await self._send_error(errors.bad_request("missing Host header"), req, body)
+        ep = self.registry.route(self.scheme, req.host)
+        if ep is None:
+            return await self._send_error(
+                errors.offline(self.registry.url_for(self.scheme, req.host)), req, body
+            )
+        head, sent_host = upstream_head(ep, req)
+        for attempt in (0, 1):
+            reused = self._stream is not None and self._stream_ep is ep
+            try:
+                stream = await self._acquire(ep)
+            except (SessionClosedError, StreamResetError):
+                return await self._send_error(errors.agent_unavailable(ep.url), req, body)
+            try:
+                return await self._round_trip(ep, req, body, stream, head, sent_host)
+            except _NoResponse as exc:
+                self._drop_stream(graceful=False)
+                # A kept-alive stream whose upstream went away: retry once on a fresh one, if nothing of the
+                # request body was consumed (bodyless requests only).
+                if reused and attempt == 0 and not req.has_body and not exc.refused:
+                    continue
+                err = (
+                    errors.upstream_unreachable(ep.url)
+                    if exc.refused
+                    else errors.invalid_upstream_response(ep.url, exc.detail)
+                )
+                return await self._send_error(err, req, body)
+        return False  # pragma: no cover - the loop always returns
+
+    async def _acquire(self, ep: Endpoint) -> MuxStream:
+        st = self._stream
+        if st is not None and self._stream_ep is ep and not st.at_eof() and not ep.session.conn.is_closed:
+            return st
+        self._drop_stream(graceful=True)
+        st = await ep.session.open_proxy(ep.tunnel_id, f"{self.client_ip}:{self.client_port}", self.scheme)
+        self._stream, self._stream_ep = st, ep
+        return st
+
+    async def _round_trip(
+        self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, head: bytes, sent_host: bytes
+    ) -> bool:
+        sender: asyncio.Task[None] | None = None
+        try:
+            if req.has_body or req.upgrade:
+                await stream.write(head)
+                sender = self._loop.create_task(self._send_body(req, body, stream))
+            else:
+                await stream.write(head)
+        except (SessionClosedError, StreamResetError) as exc:
+            raise _NoResponse(refused=False, detail=str(exc)) from exc
+        try:
+            return await self._relay_response(ep, req, body, stream, sent_host)
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()
+
+    async def _send_body(self, req: Request, body: Body, stream: MuxStream) -> None:
+        raw = req.upgrade or not req.chunked
+        try:
+            while chunk := await body.read():
+                await stream.write(chunk if raw else encode_chunk(chunk))
+            if req.upgrade:
+                await stream.write_eof()
+            elif req.chunked:
+                await stream.write(LAST_CHUNK)
+        except (SessionClosedError, StreamResetError):
+            return
+
+    async def _relay_response(
+        self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, sent_host: bytes
+    ) -> bool:
+        buf = bytearray()
+        got_any = False
+        while True:
+            try:
+                data = await stream.read()
+            except StreamResetError as exc:
+                raise _NoResponse(
+                    refused=exc.mux_code == ErrorCode.STREAM_REFUSED and not got_any,
+                    detail="the agent reset the stream",
+                ) from exc
+            except SessionClosedError as exc:
+                raise _NoResponse(refused=False, detail="the agent disconnected") from exc
+            if not data:
+                raise _NoResponse(refused=False, detail="the upstream closed without a response")
+            got_any = True
+            buf += data
+            try:
+                rhead = parse_response_head(buf)
+            except H1Error as exc:
+                raise _NoResponse(refused=False, detail=str(exc)) from exc
+            if rhead is None:
+                continue
+            if 100 <= rhead.status < 200 and rhead.status != 101:
+                # Interim responses (100 Continue, 103 Early Hints) pass straight through.
+                if req.version != "1.0":
+                    self._write(bytes(buf[: rhead.size]))
+                del buf[: rhead.size]
+                continue
+            break
+        try:
+            framing, length = response_framing(rhead, req.method)
+        except H1Error as exc:
+            raise _NoResponse(refused=False, detail=str(exc)) from exc
+        rest = memoryview(buf)[rhead.size :]
+        if rhead.status == 101:
+            if not req.upgrade:
+                raise _NoResponse(refused=False, detail="101 without an upgrade request")
+            self._write(client_head(ep, req, rhead, Framing.NONE, sent_host, close=False))
+            if rest:
+                self._write(rest)
+            await self._splice_upgraded(stream)
+            return False
+        close_after = not req.keep_alive or req.upgrade or (framing is Framing.CLOSE and req.version != "1.1")
+        self._write(client_head(ep, req, rhead, framing, sent_host, close=close_after))
+        reusable = await self._relay_body(stream, framing, length, rest)
+        if not reusable or hh.connection_tokens(rhead.headers) & {b"close"}:
+            self._drop_stream(graceful=True)
+        if not body.eof:
+            # The upstream answered before the whole request body arrived: this connection is out of sync.
+            return False
+        return not close_after
+
+    async def _relay_body(self, stream: MuxStream, framing: Framing, length: int, first: memoryview) -> bool:
+        """Copy the response body to the client; True when the stream ended cleanly and can be reused."""
+        if framing is Framing.NONE:
+            return not first
+        if framing is Framing.LENGTH:
+            remaining = length
+            data: bytes | memoryview = first
+            while True:
+                if data:
+                    take = min(len(data), remaining)
+                    self._write(data[:take])
+                    remaining -= take
+                    if take < len(data):
+                        return False  # the upstream sent more than it announced
+                if remaining == 0:
+                    return True
+                if self._write_paused:
+                    await self._drain()
+                data = await self._read_body(stream)
+        if framing is Framing.CHUNKED:
+            scanner = ChunkedScanner()
+            data = first
+            while True:
+                if data:
+                    used = scanner.feed(data)
+                    self._write(data[:used])
+                    if scanner.done:
+                        return used == len(data)
+                if self._write_paused:
+                    await self._drain()
+                data = await self._read_body(stream)
+        # Close-delimited: re-frame as chunked for HTTP/1.1 clients; the stream cannot be reused.
+        data = first
+        while True:
+            if data:
+                self._write(encode_chunk(bytes(data)))
+            if self._write_paused:
+                await self._drain()
+            try:
+                data = await stream.read()
+            except (StreamResetError, SessionClosedError):
+                raise ClientGone() from None
+            if not data:
+                self._write(LAST_CHUNK)
+                return False
+
+    async def _read_body(self, stream: MuxStream) -> bytes:
+        try:
+            data = await stream.read()
+        except (StreamResetError, SessionClosedError):
+            data = b""
+        if not data:
+            # The response was cut short after its head went out: the client must see a broken connection.
+            if self.transport is not None:
+                self.transport.abort()
+            raise ClientGone()
+        return data
+
+    async def _splice_upgraded(self, stream: MuxStream) -> None:
+        """After 101 both directions are raw bytes until each side closes."""
+        with contextlib.suppress(StreamResetError, SessionClosedError):
+            while data := await stream.read():
+                self._write(data)
+                if self._write_paused:
+                    await self._drain()
+        if self.transport is not None and not self.transport.is_closing():
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+
+
+class _NoResponse(Exception):
+    """The upstream gave no usable response head; ``refused`` means the agent could not dial it."""
+
+    def __init__(self, *, refused: bool, detail: str) -> None:
+        super().__init__(detail)
+        self.refused = refused
+        self.detail = detail

@@ -1,0 +1,713 @@
+"""HTTP/2 client connections at the edge (HTTPS clients that chose ``h2`` by ALPN).
+
+One ``Http2Connection`` drives an ``h2`` server connection for one client socket. Every h2 request gets its
+own task (owned by the connection, cancelled when it closes) and its own NEW Proxy stream: the agent side
+stays HTTP/1.1, so the request is written as an HTTP/1.1 head (``edge/proxy.upstream_head``) plus its body
+(chunk-encoded when the client gave no length), and the HTTP/1.1 response read back from the stream is
+turned into HEADERS and DATA frames (chunked bodies decoded, close-delimited bodies read to the stream's
+end). Flow control holds both ways: client DATA is acknowledged only once the Proxy stream took it, and
+response bytes are read from the Proxy stream only while the client's h2 window and socket buffer have
+room. All frames one loop iteration produces go out in one ``transport.write``.
+
+This module must not parse HTTP/1.1 requests, reuse Proxy streams across h2 requests, buffer whole
+bodies, or let one client's failure (a reset, a protocol error, a dropped socket) touch the tunnel or
+any other client. Extended CONNECT (WebSockets over h2) is not offered; CONNECT gets 501.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from hatchway.edge import errors
+from hatchway.edge.proxy import Request, upstream_head
+from hatchway.edge.registry import Endpoint, Registry
+from hatchway.errors import SessionClosedError, StreamResetError
+from hatchway.http import headers as hh
+from hatchway.http.h1 import (
+    LAST_CHUNK,
+    Framing,
+    H1Error,
+    ResponseHead,
+    encode_chunk,
+    parse_response_head,
+    response_framing,
+)
+from hatchway.net.transport import MuxStream
+from hatchway.wire.frames import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+STREAM_WINDOW = 1 << 20  # per-stream receive window we advertise (performance.md: at least 256 KiB)
+CONNECTION_WINDOW = 16 << 20  # connection receive window: one slow stream must not stall the others
+MAX_FRAME = 1 << 16  # largest DATA frame we accept
+MAX_CONCURRENT_STREAMS = 256
+MAX_HEADER_LIST = 1 << 20  # ngrok's header block limit (ngrok-reference.md §11)
+_DEFAULT_WINDOW = 65535
+
+H2Headers = list[tuple[bytes, bytes]]
+
+
+class _ClientGone(Exception):
+    """The client reset the stream or closed the connection; the exchange stops quietly."""
+
+
+class _NoResponse(Exception):
+    """No usable response head; ``refused`` means the agent could not dial the upstream."""
+
+    def __init__(self, *, refused: bool, detail: str) -> None:
+        super().__init__(detail)
+        self.refused = refused
+        self.detail = detail
+
+
+class _Cut(Exception):
+    """The response broke after its head went out: the client must see a reset stream."""
+
+
+class Dechunker:
+    """Decodes chunked framing through arbitrary splits: ``feed`` returns the chunk data slices in
+    ``data`` (views, no copies) and how many bytes belong to this message; ``done`` once the last chunk
+    and trailers ended. Trailers are dropped."""
+
+    __slots__ = ("_line", "_remaining", "_state", "done")
+
+    _SIZE, _DATA, _DATA_CRLF, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = bytearray()
+        self.done = False
+
+    def feed(self, data: memoryview) -> tuple[list[memoryview], int]:
+        pieces: list[memoryview] = []
+        pos = 0
+        n = len(data)
+        while pos < n and not self.done:
+            if self._state == self._DATA:
+                take = min(self._remaining, n - pos)
+                pieces.append(data[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = self._DATA_CRLF
+                continue
+            nl = bytes(data[pos : min(n, pos + 4096)]).find(b"\n")
+            if nl < 0:
+                self._line += data[pos:n]
+                if len(self._line) > 4096:
+                    raise H1Error("chunk line too long")
+                pos = n
+                break
+            self._line += data[pos : pos + nl]
+            pos += nl + 1
+            line = bytes(self._line).rstrip(b"\r")
+            self._line.clear()
+            if self._state == self._SIZE:
+                text = line.split(b";", 1)[0].strip()
+                try:
+                    size = int(text, 16)
+                except ValueError as exc:
+                    raise H1Error(f"bad chunk size {text[:20]!r}") from exc
+                if size < 0:
+                    raise H1Error("negative chunk size")
+                if size == 0:
+                    self._state = self._TRAILER
+                else:
+                    self._remaining = size
+                    self._state = self._DATA
+            elif self._state == self._DATA_CRLF:
+                if line:
+                    raise H1Error("chunk data longer than its size")
+                self._state = self._SIZE
+            elif not line:  # the trailer section ends at an empty line
+                self.done = True
+        return pieces, pos
+
+
+def split_host(authority: bytes) -> str:
+    """``Host``/``:authority`` without its port, lowercased; brackets of an IPv6 literal removed."""
+    text = authority.decode("latin-1").strip()
+    if text.startswith("["):
+        end = text.find("]")
+        return (text[1:end] if end > 0 else text[1:]).lower()
+    return text.rsplit(":", 1)[0].lower() if ":" in text else text.lower()
+
+
+def request_from_h2(headers: Iterable[tuple[bytes, bytes]], ended: bool, ip: str, port: int) -> Request:
+    """An ``edge.proxy.Request`` from an h2 header block: pseudo-headers become method, target and Host
+    (``:authority`` wins over ``Host``); split ``cookie`` fields are joined with ``"; "`` (RFC 9113
+    §8.2.3). A body without ``content-length`` is marked chunked, so the upstream head frames it."""
+    method = path = authority = b""
+    host_field: bytes | None = None
+    regular: H2Headers = []
+    cookies: list[bytes] = []
+    for k, v in headers:
+        if k[:1] == b":":
+            if k == b":method":
+                method = v
+            elif k == b":path":
+                path = v
+            elif k == b":authority":
+                authority = v
+        elif k == b"cookie":
+            cookies.append(v)
+        elif k == b"host":
+            host_field = v
+        else:
+            regular.append((k, v))
+    authority = authority or host_field or b""
+    if cookies:
+        regular.append((b"cookie", b"; ".join(cookies)))
+    if authority:
+        regular.insert(0, (b"host", authority))
+    has_body = not ended
+    return Request(
+        method=method,
+        target=path or b"/",
+        headers=regular,
+        version="2",
+        host=split_host(authority) if authority else "",
+        client_ip=ip,
+        client_port=port,
+        scheme="https",
+        chunked=has_body and hh.get(regular, b"content-length") is None,
+        has_body=has_body,
+    )
+
+
+def response_headers(
+    ep: Endpoint, req: Request, head: ResponseHead, framing: Framing, sent_host: bytes
+) -> H2Headers:
+    """The h2 header block for an upstream response, by the rules of ``proxy.client_head``: hop-by-hop
+    and ``ngrok-error-code`` stripped, endpoint add/remove, Location rewrite; names lowercased."""
+    headers = hh.strip_error_code(hh.strip_hop_by_hop(head.headers))
+    if ep.response_remove:
+        headers = hh.remove(headers, ep.response_remove)
+    if ep.response_add:
+        headers = hh.add(headers, ep.response_add)
+    if sent_host:
+        sent = sent_host.lower()
+        if sent != (hh.get(req.headers, b"host") or b"").lower() and sent != req.host.encode():
+            loc = hh.get(headers, b"location")
+            if loc is not None:
+                new = hh.rewrite_location(loc, sent_host, ep.url.encode())
+                headers = [(k, new if k.lower() == b"location" else v) for k, v in headers]
+    drop_length = framing in (Framing.CHUNKED, Framing.CLOSE)
+    out: H2Headers = [(b":status", b"%d" % head.status)]
+    for k, v in headers:
+        lk = k.lower()
+        if drop_length and lk == b"content-length":
+            continue
+        out.append((lk, v))
+    return out
+
+
+def error_response(err: errors.EdgeError, accept: bytes | None, head_only: bool) -> tuple[H2Headers, bytes]:
+    """The edge's own error page (``errors.render``) as an h2 header block and body."""
+    raw = errors.render(err, accept, head_only=head_only)
+    head = parse_response_head(raw)
+    assert head is not None
+    hdrs: H2Headers = [(b":status", b"%d" % head.status)]
+    hdrs += [(k.lower(), v) for k, v in head.headers]
+    return hdrs, raw[head.size :]
+
+
+class _Stream:
+    """One client request: its body as it arrives, and the task that proxies it."""
+
+    __slots__ = (
+        "body",
+        "bodyless",
+        "complete",
+        "ended",
+        "headers",
+        "proxy",
+        "readable",
+        "replied",
+        "reset",
+        "sid",
+        "task",
+        "upstream_done",
+        "window",
+    )
+
+    def __init__(self, sid: int, headers: H2Headers, ended: bool) -> None:
+        self.sid = sid
+        self.headers = headers
+        self.body: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.bodyless = ended  # END_STREAM came with the HEADERS
+        self.ended = ended  # the client sent END_STREAM
+        self.reset = False  # the client sent RST_STREAM
+        self.replied = False  # our response HEADERS went out
+        self.complete = False  # our END_STREAM went out
+        self.upstream_done = ended  # the whole request body reached the Proxy stream
+        self.readable: asyncio.Future[None] | None = None
+        self.window: asyncio.Future[None] | None = None
+        self.proxy: MuxStream | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+class Http2Connection(asyncio.Protocol):
+    """One HTTP/2 client connection on the HTTPS listener."""
+
+    def __init__(self, registry: Registry, scheme: str, on_close: Callable[[Http2Connection], None]) -> None:
+        self.registry = registry
+        self.scheme = scheme
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.client_port = 0
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self._streams: dict[int, _Stream] = {}
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.closed = False
+
+    # ---- asyncio.Protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        self.h2.initiate_connection()
+        codes = h2.settings.SettingCodes
+        self.h2.update_settings(
+            {
+                codes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                codes.MAX_FRAME_SIZE: MAX_FRAME,
+                codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            }
+        )
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has usually queued a GOAWAY with the right code (not for a bad preface): send one, then
+            # drop this client only.
+            logger.debug("h2 protocol error from %s:%s: %s", self.client_ip, self.client_port, exc)
+            if self.h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self._flush()
+            self._close()
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                st = self._streams.get(ev.stream_id)
+                if st is not None:
+                    st.body.append((ev.data, ev.flow_controlled_length))
+                    _wake(st.readable)
+                else:
+                    self._ack(ev.stream_id, ev.flow_controlled_length)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                if ev.stream_id == 0:
+                    for st in self._streams.values():
+                        _wake(st.window)
+                else:
+                    st2 = self._streams.get(ev.stream_id)
+                    if st2 is not None:
+                        _wake(st2.window)
+            elif isinstance(ev, h2.events.RequestReceived):
+                self._start(ev)
+            elif isinstance(ev, h2.events.StreamEnded):
+                st3 = self._streams.get(ev.stream_id)
+                if st3 is not None:
+                    st3.ended = True
+                    _wake(st3.readable)
+            elif isinstance(ev, h2.events.StreamReset):
+                st4 = self._streams.get(ev.stream_id)
+                if st4 is not None:
+                    st4.reset = True
+                    if st4.task is not None:
+                        st4.task.cancel()
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                for st in self._streams.values():
+                    _wake(st.window)
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                # After a GOAWAY h2 refuses to send anything more: end every exchange now.
+                self._flush()
+                self._close()
+                return
+        self._schedule_flush()
+
+    def eof_received(self) -> bool | None:
+        return False  # h2 has no half-close: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for st in list(self._streams.values()):
+            if st.task is not None and not st.task.done():
+                st.task.cancel()
+            else:
+                self._drop_proxy(st, graceful=False)
+        for w in self._drain_waiters:
+            _wake(w)
+        self._drain_waiters.clear()
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for w in self._drain_waiters:
+            _wake(w)
+        self._drain_waiters.clear()
+
+    # ---- public ---------------------------------------------------------------------------------------
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        return [st.task for st in self._streams.values() if st.task is not None and not st.task.done()]
+
+    def shutdown(self) -> None:
+        """GOAWAY and close (edge shutdown, after requests in flight had their chance to finish)."""
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
+            self._flush()
+            self._close()
+
+    # ---- plumbing -------------------------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.h2.data_to_send()
+        tr = self.transport
+        # A write to a closed transport raises in uvloop (performance.md rule 6): drop it instead.
+        if data and tr is not None and not tr.is_closing():
+            tr.write(data)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _ack(self, sid: int, n: int) -> None:
+        if n and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.acknowledge_received_data(n, sid)
+            self._schedule_flush()
+
+    async def _drain(self) -> None:
+        if self._write_paused and not self.closed:
+            w = self._loop.create_future()
+            self._drain_waiters.append(w)
+            await w
+        if self.closed:
+            raise _ClientGone()
+
+    def _start(self, ev: h2.events.RequestReceived) -> None:
+        headers: H2Headers = ev.headers
+        st = _Stream(ev.stream_id, headers, ev.stream_ended is not None)
+        self._streams[st.sid] = st
+        st.task = self._loop.create_task(self._run(st), name=f"h2-stream-{st.sid}")
+
+    def _drop_proxy(self, st: _Stream, graceful: bool) -> None:
+        proxy, st.proxy = st.proxy, None
+        if proxy is not None:
+            if graceful:
+                proxy.send_eof()
+            else:
+                proxy.reset(ErrorCode.STREAM_CANCELLED)
+
+    # ---- h2 output for one stream (raise _ClientGone when the stream or connection is gone) ------------
+    def _send_headers(self, st: _Stream, headers: H2Headers, end: bool = False) -> None:
+        if self.closed or st.reset:
+            raise _ClientGone()
+        try:
+            self.h2.send_headers(st.sid, headers, end_stream=end)
+        except h2.exceptions.ProtocolError as exc:
+            raise _ClientGone() from exc
+        if end:
+            st.complete = True
+        self._schedule_flush()
+
+    async def _send_data(self, st: _Stream, data: bytes | memoryview) -> None:
+        """Send ``data`` within the client's flow-control windows, waiting for WINDOW_UPDATE as needed."""
+        view = memoryview(data)
+        conn = self.h2
+        while len(view):
+            if self.closed or st.reset:
+                raise _ClientGone()
+            try:
+                room = min(conn.local_flow_control_window(st.sid), conn.max_outbound_frame_size)
+                if room <= 0:
+                    st.window = self._loop.create_future()
+                    try:
+                        await st.window
+                    finally:
+                        st.window = None
+                    continue
+                conn.send_data(st.sid, view[:room])
+            except h2.exceptions.ProtocolError as exc:
+                raise _ClientGone() from exc
+            view = view[room:]
+            self._schedule_flush()
+
+    def _end(self, st: _Stream) -> None:
+        if self.closed or st.reset:
+            raise _ClientGone()
+        try:
+            self.h2.end_stream(st.sid)
+        except h2.exceptions.ProtocolError as exc:
+            raise _ClientGone() from exc
+        st.complete = True
+        self._schedule_flush()
+
+    async def _respond(self, st: _Stream, headers: H2Headers, body: bytes) -> None:
+        self._send_headers(st, headers, end=not body)
+        st.replied = True
+        if body:
+            await self._send_data(st, body)
+            self._end(st)
+
+    async def _respond_error(self, st: _Stream, req: Request | None, err: errors.EdgeError) -> None:
+        accept = hh.get(req.headers, b"accept") if req is not None else None
+        head_only = req is not None and req.method == b"HEAD"
+        headers, body = error_response(err, accept, head_only)
+        await self._respond(st, headers, body)
+
+    # ---- one exchange -----------------------------------------------------------------------------------
+    async def _run(self, st: _Stream) -> None:
+        try:
+            await self._exchange(st)
+        except (_ClientGone, asyncio.CancelledError):
+            pass
+        except _Cut:
+            self._reset_client(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except Exception:
+            logger.exception("h2 exchange failed")
+            self._reset_client(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        finally:
+            self._finish(st)
+
+    def _reset_client(self, st: _Stream, code: int) -> None:
+        if not self.closed and not st.reset and not (st.complete and st.ended):
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(st.sid, code)
+            st.reset = True
+            self._schedule_flush()
+
+    def _finish(self, st: _Stream) -> None:
+        self._streams.pop(st.sid, None)
+        # The Proxy stream ends cleanly only if the agent got the whole request and we relayed the whole
+        # response; otherwise the agent must drop its upstream connection.
+        self._drop_proxy(st, graceful=st.complete and st.upstream_done)
+        if not st.complete:
+            self._reset_client(st, h2.errors.ErrorCodes.CANCEL)
+        elif not st.ended:
+            # A full response before the full request: ask the client to stop sending (RFC 9113 §8.1).
+            self._reset_client(st, h2.errors.ErrorCodes.NO_ERROR)
+        while st.body:
+            self._ack(st.sid, st.body.popleft()[1])
+
+    async def _exchange(self, st: _Stream) -> None:
+        req = request_from_h2(st.headers, st.bodyless, self.client_ip, self.client_port)
+        if req.method == b"CONNECT":
+            body = b"CONNECT is not supported over HTTP/2 by this edge.\n"
+            hdrs: H2Headers = [
+                (b":status", b"501"),
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            await self._respond(st, hdrs, body)
+            return
+        if not req.host:
+            await self._respond_error(st, req, errors.bad_request("missing :authority and Host"))
+            return
+        ep = self.registry.route(self.scheme, req.host)
+        if ep is None:
+            await self._respond_error(st, req, errors.offline(self.registry.url_for(self.scheme, req.host)))
+            return
+        head, sent_host = upstream_head(ep, req)
+        try:
+            st.proxy = await ep.session.open_proxy(
+                ep.tunnel_id, f"{self.client_ip}:{self.client_port}", self.scheme
+            )
+        except (SessionClosedError, StreamResetError):
+            await self._respond_error(st, req, errors.agent_unavailable(ep.url))
+            return
+        stream = st.proxy
+        sender: asyncio.Task[None] | None = None
+        try:
+            try:
+                await stream.write(head)
+            except (SessionClosedError, StreamResetError) as exc:
+                raise _NoResponse(refused=False, detail=str(exc)) from exc
+            if req.has_body:
+                sender = self._loop.create_task(self._send_body(st, req, stream))
+            await self._relay_response(st, ep, req, stream, sent_host)
+        except _NoResponse as exc:
+            self._drop_proxy(st, graceful=False)
+            err = (
+                errors.upstream_unreachable(ep.url)
+                if exc.refused
+                else errors.invalid_upstream_response(ep.url, exc.detail)
+            )
+            await self._respond_error(st, req, err)
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+
+    async def _next_body(self, st: _Stream) -> tuple[bytes, int] | None:
+        while not st.body:
+            if st.ended or self.closed or st.reset:
+                return None
+            st.readable = self._loop.create_future()
+            try:
+                await st.readable
+            finally:
+                st.readable = None
+        return st.body.popleft()
+
+    async def _send_body(self, st: _Stream, req: Request, stream: MuxStream) -> None:
+        """Client DATA -> Proxy stream; each piece is acknowledged to the client once the stream took it."""
+        try:
+            while (item := await self._next_body(st)) is not None:
+                data, flow = item
+                if data:
+                    await stream.write(encode_chunk(data) if req.chunked else data)
+                self._ack(st.sid, flow)
+            if st.ended:
+                if req.chunked:
+                    await stream.write(LAST_CHUNK)
+                st.upstream_done = True
+        except (SessionClosedError, StreamResetError):
+            return
+
+    async def _relay_response(
+        self, st: _Stream, ep: Endpoint, req: Request, stream: MuxStream, sent_host: bytes
+    ) -> None:
+        buf = bytearray()
+        got_any = False
+        while True:
+            try:
+                rhead = parse_response_head(buf)
+            except H1Error as exc:
+                raise _NoResponse(refused=False, detail=str(exc)) from exc
+            if rhead is None:
+                try:
+                    data = await stream.read()
+                except StreamResetError as exc:
+                    raise _NoResponse(
+                        refused=exc.mux_code == ErrorCode.STREAM_REFUSED and not got_any,
+                        detail="the agent reset the stream",
+                    ) from exc
+                except SessionClosedError as exc:
+                    raise _NoResponse(refused=False, detail="the agent disconnected") from exc
+                if not data:
+                    raise _NoResponse(refused=False, detail="the upstream closed without a response")
+                got_any = True
+                buf += data
+                continue
+            if rhead.status == 101:
+                raise _NoResponse(refused=False, detail="101 Switching Protocols on an HTTP/2 request")
+            if 100 <= rhead.status < 200:
+                # Interim responses (100 Continue, 103 Early Hints) go out as informational HEADERS; the
+                # final head may already be in the buffer behind them.
+                self._send_headers(st, response_headers(ep, req, rhead, Framing.NONE, sent_host))
+                del buf[: rhead.size]
+                continue
+            break
+        try:
+            framing, length = response_framing(rhead, req.method)
+        except H1Error as exc:
+            raise _NoResponse(refused=False, detail=str(exc)) from exc
+        first = memoryview(buf)[rhead.size :]
+        no_body = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
+        self._send_headers(st, response_headers(ep, req, rhead, framing, sent_host), end=no_body)
+        st.replied = True
+        if no_body:
+            return
+        if framing is Framing.LENGTH:
+            await self._relay_length(st, stream, length, first)
+        elif framing is Framing.CHUNKED:
+            await self._relay_chunked(st, stream, first)
+        else:
+            await self._relay_until_eof(st, stream, first)
+        self._end(st)
+
+    async def _read_more(self, stream: MuxStream, until_eof: bool = False) -> bytes:
+        """The next piece of the response body, once the client's socket has room for it."""
+        if self._write_paused:
+            await self._drain()
+        try:
+            data = await stream.read()
+        except (StreamResetError, SessionClosedError) as exc:
+            raise _Cut() from exc
+        if not data and not until_eof:
+            raise _Cut()  # the response was cut short after its head went out
+        return data
+
+    async def _relay_length(self, st: _Stream, stream: MuxStream, length: int, first: memoryview) -> None:
+        remaining = length
+        data: bytes | memoryview = first
+        while True:
+            if data:
+                take = min(len(data), remaining)
+                await self._send_data(st, data[:take])
+                remaining -= take
+            if remaining == 0:
+                return
+            data = await self._read_more(stream)
+
+    async def _relay_chunked(self, st: _Stream, stream: MuxStream, first: memoryview) -> None:
+        dechunker = Dechunker()
+        view = first
+        while True:
+            if view:
+                try:
+                    pieces, _used = dechunker.feed(view)
+                except H1Error as exc:
+                    raise _Cut() from exc
+                for piece in pieces:
+                    await self._send_data(st, piece)
+                if dechunker.done:
+                    return
+            view = memoryview(await self._read_more(stream))
+
+    async def _relay_until_eof(self, st: _Stream, stream: MuxStream, first: memoryview) -> None:
+        data: bytes | memoryview = first
+        while True:
+            if data:
+                await self._send_data(st, data)
+            data = await self._read_more(stream, until_eof=True)
+            if not data:
+                return

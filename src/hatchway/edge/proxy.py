@@ -1,0 +1,103 @@
+"""One HTTP exchange through a tunnel, as pure decisions: what goes upstream and what goes to the client.
+
+``upstream_head`` builds the request head written on the Proxy stream (hop-by-hop removed,
+``X-Forwarded-*`` added, the endpoint's header changes and Host rewrite applied); ``client_head`` builds
+the response head the client gets (``ngrok-error-code`` stripped, response header changes, Location
+rewrite, our own framing). The listeners own the sockets and call these; nothing here awaits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hatchway.edge.registry import Endpoint
+from hatchway.http import headers as hh
+from hatchway.http.h1 import Framing, ResponseHead
+
+
+@dataclass(slots=True)
+class Request:
+    """A client request head as the listener parsed it."""
+
+    method: bytes
+    target: bytes
+    headers: hh.Headers
+    version: str  # "1.1", "1.0" or "2"
+    host: str  # from Host / :authority, port stripped, lowercased
+    client_ip: str
+    client_port: int
+    scheme: str
+    keep_alive: bool = True
+    upgrade: bool = False
+    chunked: bool = False  # the body arrives chunked and must be re-framed upstream
+    has_body: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def origin_form(target: bytes) -> bytes:
+    """``http://host/path?q`` (absolute-form) becomes ``/path?q``; origin-form passes unchanged."""
+    if target.startswith(b"/") or target == b"*":
+        return target
+    scheme_end = target.find(b"://")
+    if scheme_end < 0:
+        return target
+    path_start = target.find(b"/", scheme_end + 3)
+    return target[path_start:] if path_start >= 0 else b"/"
+
+
+def upstream_head(ep: Endpoint, req: Request) -> tuple[bytes, bytes]:
+    """The request head for the Proxy stream and the Host it carries (for the Location rewrite)."""
+    host_value = hh.get(req.headers, b"host") or req.host.encode()
+    headers = hh.strip_hop_by_hop(req.headers, upgrade=req.upgrade)
+    if ep.request_remove:
+        headers = hh.remove(headers, ep.request_remove)
+    headers = hh.add_forwarded(headers, req.client_ip, req.scheme, host_value)
+    if ep.rewrite_host:
+        headers = hh.set_host(headers, ep.rewrite_host)
+    if ep.request_add:
+        headers = hh.add(headers, ep.request_add)
+    if req.chunked:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    sent_host = hh.get(headers, b"host") or b""
+    return hh.serialize_request_head(req.method, origin_form(req.target), headers), sent_host
+
+
+def client_head(
+    ep: Endpoint,
+    req: Request,
+    head: ResponseHead,
+    framing: Framing,
+    sent_host: bytes,
+    *,
+    close: bool,
+) -> bytes:
+    """The response head for an HTTP/1.x client. ``framing`` is how the upstream delimited the body;
+    a close-delimited body is re-framed as chunked for HTTP/1.1 clients (the listener encodes it)."""
+    upgrade = head.status == 101
+    headers = hh.strip_error_code(hh.strip_hop_by_hop(head.headers, upgrade=upgrade))
+    if ep.response_remove:
+        headers = hh.remove(headers, ep.response_remove)
+    if ep.response_add:
+        headers = hh.add(headers, ep.response_add)
+    public_host = req.host.encode()
+    if (
+        sent_host
+        and sent_host.lower()
+        != hh.get(
+            req.headers,
+            b"host",
+        )
+        and sent_host.lower() != public_host
+    ):
+        loc = hh.get(headers, b"location")
+        if loc is not None:
+            new = hh.rewrite_location(loc, sent_host, ep.url.encode())
+            headers = [(k, new if k.lower() == b"location" else v) for k, v in headers]
+    if framing is Framing.CHUNKED or (framing is Framing.CLOSE and req.version == "1.1"):
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    if not upgrade:
+        if close:
+            headers.append((b"Connection", b"close"))
+        elif req.version == "1.0":
+            headers.append((b"Connection", b"keep-alive"))
+    return hh.serialize_response_head(head.status, head.reason or b"-", headers)

@@ -1,0 +1,156 @@
+"""HTTP/1.1 message pieces the proxy needs, sans-IO: response heads and body framing.
+
+The edge forwards response bodies as the upstream framed them (chunked bytes pass through untouched),
+so it only needs to know where a message ends: ``parse_response_head`` reads the status line and
+headers, ``response_framing`` applies RFC 9112 §6.3, and ``ChunkedScanner`` follows chunk boundaries
+without copying data. Request heads come from httptools in the listener. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from hatchway.http.headers import Headers
+
+MAX_HEAD = 1 << 20  # ngrok's limit on a header block (ngrok-reference.md §11)
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_STATUS = re.compile(rb"^HTTP/(1\.[01]) ([0-9]{3})(?: (.*))?$")
+
+
+class H1Error(ValueError):
+    """The bytes are not valid HTTP/1.x (the proxy answers ERR_NGROK_3004 for an upstream)."""
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    version: bytes  # b"1.1" or b"1.0"
+    status: int
+    reason: bytes
+    headers: Headers
+    size: int  # bytes of the head, CRLFCRLF included
+
+
+def parse_response_head(buf: bytes | bytearray) -> ResponseHead | None:
+    """The head at the start of ``buf``, or None while incomplete. Raises ``H1Error`` when malformed."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_HEAD:
+            raise H1Error("response head too large")
+        # A head that does not even start like one will never become valid: fail early.
+        if len(buf) >= 5 and not bytes(buf[:5]) == b"HTTP/":
+            raise H1Error("not an HTTP response")
+        return None
+    lines = bytes(buf[:end]).split(b"\r\n")
+    m = _STATUS.match(lines[0])
+    if m is None:
+        raise H1Error(f"bad status line {lines[0][:80]!r}")
+    headers: Headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise H1Error(f"bad header line {line[:80]!r}")
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise H1Error("bad character in a header value")
+        headers.append((name, value.strip(b" \t")))
+    return ResponseHead(m.group(1), int(m.group(2)), m.group(3) or b"", headers, end + 4)
+
+
+class Framing(enum.Enum):
+    NONE = "none"  # no body
+    LENGTH = "length"  # Content-Length bytes
+    CHUNKED = "chunked"
+    CLOSE = "close"  # until the upstream closes
+
+
+def response_framing(head: ResponseHead, request_method: bytes) -> tuple[Framing, int]:
+    """How the body of this response is delimited (RFC 9112 §6.3): ``(framing, content_length)``."""
+    if request_method == b"HEAD" or 100 <= head.status < 200 or head.status in (204, 304):
+        return Framing.NONE, 0
+    te = [v for k, v in head.headers if k.lower() == b"transfer-encoding"]
+    if te:
+        codings = [c.strip().lower() for v in te for c in v.split(b",") if c.strip()]
+        if codings and codings[-1] == b"chunked":
+            return Framing.CHUNKED, 0
+        return Framing.CLOSE, 0
+    lengths = {v.strip() for k, v in head.headers if k.lower() == b"content-length"}
+    if lengths:
+        if len(lengths) != 1:
+            raise H1Error("conflicting Content-Length headers")
+        (value,) = lengths
+        if not value.isdigit():
+            raise H1Error(f"bad Content-Length {value[:40]!r}")
+        return Framing.LENGTH, int(value)
+    return Framing.CLOSE, 0
+
+
+class ChunkedScanner:
+    """Follows chunked framing through arbitrary splits, without copying the data.
+
+    ``feed(data)`` returns how many bytes of ``data`` belong to this message; once ``done`` is True the
+    message (trailers included) has ended and any later bytes belong to the next message.
+    """
+
+    __slots__ = ("_line", "_remaining", "_state", "done")
+
+    _SIZE, _DATA, _DATA_CRLF, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes | memoryview) -> int:
+        pos = 0
+        n = len(data)
+        while pos < n and not self.done:
+            st = self._state
+            if st == self._DATA:
+                take = min(self._remaining, n - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = self._DATA_CRLF
+                continue
+            # Line-oriented states: collect up to LF.
+            nl = bytes(data[pos : min(n, pos + 4096)]).find(b"\n")
+            if nl < 0:
+                self._line += data[pos:n]
+                if len(self._line) > 4096:
+                    raise H1Error("chunk line too long")
+                pos = n
+                break
+            self._line += data[pos : pos + nl]
+            pos += nl + 1
+            line = bytes(self._line).rstrip(b"\r")
+            self._line.clear()
+            if st == self._SIZE:
+                size_text = line.split(b";", 1)[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError as exc:
+                    raise H1Error(f"bad chunk size {size_text[:20]!r}") from exc
+                if size < 0:
+                    raise H1Error("negative chunk size")
+                if size == 0:
+                    self._state = self._TRAILER
+                else:
+                    self._remaining = size
+                    self._state = self._DATA
+            elif st == self._DATA_CRLF:
+                if line:
+                    raise H1Error("chunk data longer than its size")
+                self._state = self._SIZE
+            else:  # trailer section: ends at an empty line
+                if not line:
+                    self.done = True
+        return pos
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,118 @@
+"""Record types, errors and the ``Store`` Protocol every state backend implements.
+
+The edge asks a store three things on its hot paths: is this authtoken valid (``check_token``), who owns
+this host (``domain_owner``) and has anything changed (``revision``). Administrative commands create and
+revoke tokens and reserve domains. This module holds types only: it must not do I/O, import a database
+driver or import ``hatchway.edge`` / ``hatchway.agent``.
+
+Methods are synchronous on purpose: the SQLite backend answers in well under a millisecond, and an
+asyncio caller that wants to stay strict may run them with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from hatchway.errors import HatchwayError
+
+
+class StoreError(HatchwayError):
+    """The store could not do what was asked (ambiguous id, unreadable or too new database)."""
+
+    code = "ERR_HATCHWAY_4000"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DomainError(HatchwayError):
+    """A domain name is malformed or not available; ``ngrok_code`` is ngrok's code for that case.
+
+    ``str(err)`` is ``"<message> (ERR_NGROK_NNN)"``; ``message`` alone is what a Bind error carries before
+    ``m.join_error`` adds the code line.
+    """
+
+    code = "ERR_HATCHWAY_4100"
+
+    def __init__(self, ngrok_code: str, message: str) -> None:
+        super().__init__(f"{message} ({ngrok_code})")
+        self.ngrok_code = ngrok_code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account: the owner of tokens and reservations. Created on first use of its name."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An authtoken as stored. The secret itself is never stored, only a hash of it."""
+
+    id: str
+    account: str
+    description: str
+    created_at: float
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """A reservation: ``account`` owns ``name`` and every name nested below it.
+
+    ``name`` may be a wildcard (``*.example.com``), which covers every name below ``example.com`` at any
+    depth but not ``example.com`` itself.
+    """
+
+    name: str
+    account: str
+    created_at: float
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable edge state. Implementations must be safe to share between threads and processes."""
+
+    def create_token(self, account: str = "default", description: str = "") -> tuple[TokenInfo, str]:
+        """Make a new authtoken for ``account``; return its record and the secret (shown once)."""
+        ...
+
+    def check_token(self, secret: str) -> TokenInfo | None:
+        """The token whose secret this is, or None when it is unknown or revoked."""
+        ...
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token, revoked ones included, oldest first."""
+        ...
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke by id or unique id prefix. False when nothing matched; ``StoreError`` when ambiguous."""
+        ...
+
+    def add_domain(self, name: str, account: str = "default") -> DomainInfo:
+        """Reserve ``name`` (validated and normalised) for ``account``; ``DomainError`` when not possible."""
+        ...
+
+    def remove_domain(self, name: str) -> bool:
+        """Drop a reservation; False when there was none."""
+        ...
+
+    def list_domains(self, account: str | None = None) -> list[DomainInfo]:
+        """Reservations sorted by name, optionally of one account."""
+        ...
+
+    def domain_owner(self, host: str) -> str | None:
+        """The account whose reservation covers ``host`` (the most specific one), or None."""
+        ...
+
+    def revision(self) -> int:
+        """A number that grows with every change, made by this process or any other."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's resources. The store must not be used afterwards."""
+        ...

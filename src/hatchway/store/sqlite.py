@@ -1,0 +1,329 @@
+"""``SqliteStore``: the default ``Store``, one SQLite file shared by every process of one machine.
+
+The running edge (possibly one process per core) and the ``hatchway edge token|domain`` commands open
+the same file at once. What makes that safe:
+- WAL journal mode: readers never block the writer and the writer never blocks readers;
+- ``busy_timeout``: a process that finds the file locked waits instead of failing at once;
+- every write runs in ``BEGIN IMMEDIATE``, which takes the write lock *before* reading, so a
+  check-then-insert (a domain conflict check, say) cannot interleave with another process's write and
+  a transaction never has to upgrade a stale read snapshot (which SQLite refuses with SQLITE_BUSY);
+- a ``revision`` counter in the same transaction as each change, so other processes notice it cheaply.
+Inside one process, one connection is shared by all threads behind a ``threading.Lock``.
+
+This module must not hold live connection state (sessions, endpoints), must not be called on an event
+loop's hot path in a tight loop (cache ``check_token`` answers and poll ``revision``), and must never store
+or log a token secret: only its SHA-256 is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from hatchway.edge import domains
+from hatchway.store.base import DomainError, DomainInfo, StoreError, TokenInfo
+
+SCHEMA_VERSION = 1
+TOKEN_PREFIX = "hw_"
+TOKEN_ID_PREFIX = "tok_"
+MIN_ID_PREFIX = 8  # "tok_" and four hex digits: shorter prefixes are too easy to get wrong
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    name       TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    account     TEXT NOT NULL REFERENCES accounts(name),
+    secret_hash TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+CREATE TABLE IF NOT EXISTS domains (
+    name       TEXT PRIMARY KEY,
+    account    TEXT NOT NULL REFERENCES accounts(name),
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS domains_by_account ON domains(account);
+"""
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 of a token secret, hex.
+
+    A fast, unsalted hash is right here because the secrets are random with ~216 bits of entropy, not
+    passwords a person chose: nobody can guess them or precompute a table, so salts and slow KDFs (bcrypt,
+    argon2) would only cost time on every agent login. Being deterministic, the hash is also the lookup
+    key, so no constant-time comparison is needed: the database finds the row by the hash of what the
+    client sent, and what timing could reveal is at most something about that hash, which does not help
+    anyone find a secret that produces a stored hash.
+    """
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    """A new token secret: ``hw_`` and 36 URL-safe characters (27 random bytes), 39 characters in all."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(27)
+
+
+def _token(row: sqlite3.Row) -> TokenInfo:
+    return TokenInfo(
+        id=row["id"],
+        account=row["account"],
+        description=row["description"],
+        created_at=row["created_at"],
+        revoked=row["revoked_at"] is not None,
+    )
+
+
+def _domain(row: sqlite3.Row) -> DomainInfo:
+    return DomainInfo(name=row["name"], account=row["account"], created_at=row["created_at"])
+
+
+class SqliteStore:
+    """A ``Store`` in one SQLite file. Safe to share between threads and between processes."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (creating if needed) the database file at ``path``; its directory must exist.
+
+        Raises ``StoreError`` when the file cannot be opened, is not a Hatchway database, or was written by
+        a newer schema.
+        """
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            if not self.path.exists():
+                # The file holds token hashes: create it readable by its owner only (SQLite gives the
+                # -wal and -shm files the same mode).
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._db = sqlite3.connect(
+                str(self.path),
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # autocommit; transactions are explicit (BEGIN IMMEDIATE)
+                check_same_thread=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the state database {self.path}: {exc}") from exc
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r})")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"cannot use the state database {self.path}: {exc}") from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the database's write lock from its first statement."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _bump(self, db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+
+    def _ensure_account(self, db: sqlite3.Connection, account: str) -> str:
+        account = account.strip()
+        if not account:
+            raise StoreError("an account name must not be empty")
+        db.execute(
+            "INSERT OR IGNORE INTO accounts(name, created_at) VALUES (?, ?)",
+            (account, time.time()),
+        )
+        return account
+
+    def _migrate(self) -> None:
+        # executescript() would COMMIT any open transaction first, so the schema is created
+        # statement by statement inside one BEGIN IMMEDIATE: two processes opening a new file at
+        # once cannot both half-create it.
+        with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('revision', 0)")
+            found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {found}, newer than this Hatchway understands "
+                f"({SCHEMA_VERSION}); upgrade Hatchway"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- tokens -------------------------------------------------------------------------------------
+
+    def create_token(self, account: str = "default", description: str = "") -> tuple[TokenInfo, str]:
+        secret = new_secret()
+        token_id = TOKEN_ID_PREFIX + secrets.token_hex(12)
+        now = time.time()
+        with self._write() as db:
+            account = self._ensure_account(db, account)
+            db.execute(
+                "INSERT INTO tokens(id, account, secret_hash, description, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token_id, account, hash_secret(secret), description, now),
+            )
+            self._bump(db)
+        return TokenInfo(token_id, account, description, now, revoked=False), secret
+
+    def check_token(self, secret: str) -> TokenInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL", (hash_secret(secret),)
+            ).fetchone()
+        return None if row is None else _token(row)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM tokens ORDER BY created_at, id").fetchall()
+        return [_token(r) for r in rows]
+
+    def _match_token(self, db: sqlite3.Connection, token_id: str) -> sqlite3.Row | None:
+        token_id = token_id.strip()
+        row: sqlite3.Row | None = db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        if row is not None or len(token_id) < MIN_ID_PREFIX:
+            return row
+        # substr() rather than LIKE: '_' in "tok_" is a LIKE wildcard.
+        rows = db.execute(
+            "SELECT * FROM tokens WHERE substr(id, 1, ?) = ? LIMIT 2", (len(token_id), token_id)
+        ).fetchall()
+        if len(rows) > 1:
+            raise StoreError(f"the token id prefix {token_id!r} matches more than one token; give more of it")
+        return rows[0] if rows else None
+
+    def get_token(self, token_id: str) -> TokenInfo | None:
+        """The token with this id or unique id prefix (at least 8 characters), revoked or not."""
+        with self._lock:
+            row = self._match_token(self._db, token_id)
+        return None if row is None else _token(row)
+
+    def revoke_token(self, token_id: str) -> bool:
+        with self._write() as db:
+            row = self._match_token(db, token_id)
+            if row is None:
+                return False
+            if row["revoked_at"] is None:
+                db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (time.time(), row["id"]))
+                self._bump(db)
+        return True
+
+    # ---- domains ------------------------------------------------------------------------------------
+
+    def add_domain(self, name: str, account: str = "default") -> DomainInfo:
+        name = domains.validate_domain(name)
+        base = domains.wildcard_base(name)
+        now = time.time()
+        with self._write() as db:
+            account = self._ensure_account(db, account)
+            covering = domains.covering_names(name)
+            marks = ",".join("?" * len(covering))
+            above = db.execute(
+                f"SELECT name, account FROM domains WHERE name IN ({marks})", covering
+            ).fetchall()
+            # Names nested below the new one: "x.<base>" at any depth ("*.<base>" included).
+            below = db.execute(
+                "SELECT name, account FROM domains WHERE length(name) > ? AND substr(name, -?) = ?",
+                (len(base) + 1, len(base) + 1, "." + base),
+            ).fetchall()
+            for row in [*above, *below]:
+                if row["account"] != account:
+                    if row["name"] == name:
+                        why = f"The domain {name} is reserved"
+                    elif domains.covers(row["name"], name):
+                        why = f"The domain {name} is covered by {row['name']}, which is reserved"
+                    else:
+                        why = f"The domain {name} would cover {row['name']}, which is reserved"
+                    raise DomainError("ERR_NGROK_320", f"{why} for another account.")
+                if row["name"] == name:
+                    raise DomainError(
+                        "ERR_NGROK_413", f"The domain {name} is already reserved for the account {account}."
+                    )
+            db.execute(
+                "INSERT INTO domains(name, account, created_at) VALUES (?, ?, ?)", (name, account, now)
+            )
+            self._bump(db)
+        return DomainInfo(name, account, now)
+
+    def remove_domain(self, name: str) -> bool:
+        with self._write() as db:
+            gone = db.execute("DELETE FROM domains WHERE name = ?", (domains.normalize(name),)).rowcount > 0
+            if gone:
+                self._bump(db)
+        return gone
+
+    def list_domains(self, account: str | None = None) -> list[DomainInfo]:
+        with self._lock:
+            if account is None:
+                rows = self._db.execute("SELECT * FROM domains ORDER BY name").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM domains WHERE account = ? ORDER BY name", (account,)
+                ).fetchall()
+        return [_domain(r) for r in rows]
+
+    def domain_owner(self, host: str) -> str | None:
+        candidates = domains.covering_names(host)
+        marks = ",".join("?" * len(candidates))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT name, account FROM domains WHERE name IN ({marks})", candidates
+            ).fetchall()
+        if not rows:
+            return None
+        # Reservations covering one host never belong to two accounts (add_domain refuses that), but
+        # answer with the most specific one anyway, in the order covering_names gives.
+        owner: dict[str, str] = {r["name"]: r["account"] for r in rows}
+        return next(owner[c] for c in candidates if c in owner)
+
+    # ---- change detection ---------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        with self._lock:
+            value: int = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
+        return value

@@ -1,0 +1,258 @@
+"""Support for end-to-end tests with real processes: `hatchway edge`, `hatchway http`, local apps, curl.
+
+Each edge gets a fresh data dir and port 0 listeners; its ``edge.json`` tells the tests (and agents) where
+it listens. Every process is stopped at the end; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+import pytest
+
+BIN = Path(sys.executable).parent
+HATCHWAY = str(BIN / "hatchway")
+
+
+def wait_for(predicate: Callable[[], object], within: float = 15.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {within}s waiting for {what}")
+
+
+@dataclass
+class EdgeProc:
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    tunnel_addr: str = ""
+    http_port: int = 0
+    https_port: int = 0
+    args: list[str] = field(default_factory=list)
+    log: IO[bytes] | None = None
+
+    @property
+    def ca(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "dev-token").read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HATCHWAY_DATA_DIR": str(self.data_dir)}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+def start_edge(data_dir: Path, *extra: str, ports: tuple[int, int, int] = (0, 0, 0)) -> EdgeProc:
+    info = data_dir / "edge.json"
+    if info.exists():
+        info.unlink()
+    args = [
+        HATCHWAY,
+        "edge",
+        "--data-dir",
+        str(data_dir),
+        "--http-addr",
+        f"127.0.0.1:{ports[0]}",
+        "--https-addr",
+        f"127.0.0.1:{ports[1]}",
+        "--tunnel-addr",
+        f"127.0.0.1:{ports[2]}",
+        *extra,
+    ]
+    log = open(data_dir / "edge.log", "ab")  # noqa: SIM115 -- closed with the process
+    proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    edge = EdgeProc(data_dir, proc, args=args, log=log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"edge exited: {(data_dir / 'edge.log').read_text()}")
+        return info.exists() and (data_dir / "dev-token").exists()
+
+    wait_for(ready, what="edge.json")
+    doc = json.loads(info.read_text())
+    edge.tunnel_addr = doc["tunnel_addr"]
+    edge.http_port = urlsplit(doc["http"]).port or 80
+    edge.https_port = urlsplit(doc["https"]).port or 443
+    return edge
+
+
+@pytest.fixture
+def edge_proc(tmp_path: Path) -> Iterator[EdgeProc]:
+    edge = start_edge(tmp_path / "edge")
+    try:
+        yield edge
+    finally:
+        edge.stop()
+
+
+@pytest.fixture(autouse=True)
+def _data_dir_exists(tmp_path: Path) -> None:
+    (tmp_path / "edge").mkdir(exist_ok=True)
+
+
+@dataclass
+class AgentProc:
+    proc: subprocess.Popen[bytes]
+    url: str
+    lines: list[dict[str, object]]
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+class Agents:
+    def __init__(self, edge: EdgeProc) -> None:
+        self.edge = edge
+        self.procs: list[AgentProc] = []
+
+    def start(self, *args: str, urls: int = 1, env: dict[str, str] | None = None) -> AgentProc:
+        """Run ``hatchway ARGS --log stdout --log-format json`` and wait for its ``url`` lines."""
+        cmd = [HATCHWAY, *args, "--log", "stdout", "--log-format", "json"]
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env or self.edge.env(),
+        )
+        lines: list[dict[str, object]] = []
+        found: list[str] = []
+        deadline = time.monotonic() + 20
+        assert proc.stdout is not None
+        while len(found) < urls:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"agent printed no url: {lines}")
+            raw = proc.stdout.readline()
+            if not raw:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                code = proc.wait()
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
+                raise AssertionError(f"agent exited ({code}): {err}")
+            line = json.loads(raw)
+            lines.append(line)
+            if "url" in line:
+                found.append(str(line["url"]))
+        agent = AgentProc(proc, found[0], lines)
+        agent.lines = lines
+        self.procs.append(agent)
+        return agent
+
+    def stop_all(self) -> None:
+        for a in self.procs:
+            a.stop()
+
+
+@pytest.fixture
+def agents(edge_proc: EdgeProc) -> Iterator[Agents]:
+    a = Agents(edge_proc)
+    try:
+        yield a
+    finally:
+        a.stop_all()
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    """Answers with the request it saw, as JSON; a few paths behave specially (see do_GET)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path.startswith("/redirect"):
+            self.send_response(302)
+            self.send_header("Location", f"http://{self.headers.get('host')}/landed")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        payload = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": [[k, v] for k, v in self.headers.items()],
+                "body_len": len(body),
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("ngrok-error-code", "ERR_FAKE_FROM_UPSTREAM")
+        self.send_header("X-Upstream", "yes")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+
+@pytest.fixture
+def echo_app() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+    server.daemon_threads = True
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def curl(
+    edge: EdgeProc, url: str, *args: str, timeout: float = 30, http: str = "1.1"
+) -> subprocess.CompletedProcess[bytes]:
+    """curl ``url`` through the edge: the URL's host resolves to 127.0.0.1, the edge's CA is trusted.
+    ``http`` picks the protocol (``"1.1"`` by default, ``"2"`` for ``--http2``)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    cmd = ["curl", "-sS", "--max-time", str(int(timeout)), "--resolve", f"{parts.hostname}:{port}:127.0.0.1"]
+    cmd.append("--http2" if http == "2" else "--http1.1")
+    if parts.scheme == "https":
+        cmd += ["--cacert", str(edge.ca)]
+    return subprocess.run([*cmd, *args, url], capture_output=True, timeout=timeout + 5)

@@ -1,0 +1,601 @@
+"""HTTP/2 clients on the edge's HTTPS listener, end to end in one process.
+
+A real ``Edge`` (all listeners on 127.0.0.1:0), our ``AgentSession`` forwarding to a local HTTP/1.1 app
+(h11), and an HTTP/2 client written here with the h2 library over TLS (ALPN h2, SNI, the dev CA
+verified). Covers concurrent streams, a 5 MiB request body streamed through and echoed back (both
+directions crossing the flow-control windows), the offline page, header rules (``ngrok-error-code``
+and hop-by-hop headers never reach the client, cookies joined, a length-less body sent chunked), the
+unreachable-upstream page, a client reset of one stream while others finish (the agent drops that
+upstream), h2 protocol errors, and HTTP/1.1 still served on the same listener by ALPN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import h11
+import pytest
+
+from hatchway.agent.forward import make_forwarder
+from hatchway.agent.session import AgentSession
+from hatchway.agent.spec import parse_upstream
+from hatchway.edge.app import Edge, EdgeConfig
+from hatchway.edge.listeners.http2 import Dechunker, request_from_h2, split_host
+from hatchway.net import tls
+
+WAIT = 20.0
+HOST = "h2.hatchway.localhost"
+DOWN_HOST = "h2down.hatchway.localhost"
+
+
+# ---- the local app (HTTP/1.1, one request per connection: the edge opens a Proxy stream per h2 request) --
+@dataclass
+class App:
+    port: int = 0
+    slow_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    slow_started: asyncio.Event = field(default_factory=asyncio.Event)
+    heads: list[h11.Request] = field(default_factory=list)
+    open: int = 0  # upstream connections open right now
+    big_sent: int = 0  # bytes of /big bodies written so far
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+            continue
+        return ev
+
+
+async def _serve(app: App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    conn = h11.Connection(h11.SERVER)
+    app.open += 1
+    try:
+        req = await _next_event(conn, reader)
+        if not isinstance(req, h11.Request):
+            return
+        app.heads.append(req)
+        path = req.target.decode()
+
+        def send(ev: h11.Event) -> None:
+            writer.write(conn.send(ev) or b"")
+
+        if path.startswith("/echo"):
+            # Stream the body straight back, chunked, as it arrives.
+            send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")]))
+            while isinstance(ev := await _next_event(conn, reader), h11.Data):
+                send(h11.Data(data=ev.data))
+                await writer.drain()
+            send(h11.EndOfMessage())
+        elif path.startswith("/slow"):
+            send(h11.Response(status_code=200, headers=[("content-length", "1000000")]))
+            send(h11.Data(data=b"x" * 1000))
+            await writer.drain()
+            app.slow_started.set()
+            if not await reader.read(1):  # the edge's reset makes the agent drop this connection
+                app.slow_closed.set()
+            return
+        elif path.startswith("/big"):
+            size = int(path.partition("=")[2])
+            send(h11.Response(status_code=200, headers=[("content-length", str(size))]))
+            block = b"b" * (1 << 16)
+            while app.big_sent < size:
+                piece = block[: size - app.big_sent]
+                send(h11.Data(data=piece))
+                app.big_sent += len(piece)
+                await writer.drain()
+            send(h11.EndOfMessage())
+        elif path.startswith("/interim"):
+            send(h11.InformationalResponse(status_code=103, headers=[("link", "</s.css>; rel=preload")]))
+            send(h11.Response(status_code=204, headers=[]))
+            send(h11.EndOfMessage())
+        elif path.startswith("/close"):
+            # HTTP/1.0 style: no length, the body ends when the connection closes.
+            writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end")
+        elif path.startswith("/broken"):
+            writer.write(b"this is not HTTP at all\r\n\r\n")
+        else:
+            body = json.dumps(
+                {
+                    "method": req.method.decode(),
+                    "path": path,
+                    "headers": [[k.decode(), v.decode()] for k, v in req.headers],
+                }
+            ).encode()
+            send(
+                h11.Response(
+                    status_code=200,
+                    headers=[
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(body))),
+                        ("ngrok-error-code", "ERR_FAKE_FROM_UPSTREAM"),
+                        ("connection", "keep-alive, x-hop"),
+                        ("x-hop", "must-not-pass"),
+                        ("keep-alive", "timeout=5"),
+                        ("x-upstream", "yes"),
+                    ],
+                )
+            )
+            send(h11.Data(data=body))
+            send(h11.EndOfMessage())
+        await writer.drain()
+    except (ConnectionError, h11.ProtocolError):
+        pass
+    finally:
+        app.open -= 1
+        writer.close()
+
+
+# ---- an HTTP/2 client -------------------------------------------------------------------------------------
+@dataclass
+class Response:
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    informational: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    got_headers: asyncio.Event = field(default_factory=asyncio.Event)
+    reset: int | None = None
+
+    @property
+    def status(self) -> int:
+        return int(dict(self.headers)[b":status"])
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.headers if k == name]
+
+
+class H2Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.responses: dict[int, Response] = {}
+        self.window = asyncio.Event()
+        self.terminated: h2.events.ConnectionTerminated | None = None
+        self.closed = asyncio.Event()
+        self.acknowledge = True
+        self.conn.initiate_connection()
+        self.flush()
+        self._task = asyncio.ensure_future(self._read_loop())
+
+    @classmethod
+    async def connect(cls, port: int, ca_pem: bytes, sni: str = HOST) -> H2Client:
+        ctx = tls.client_context(ca_pem)
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        return cls(reader, writer)
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def _read_loop(self) -> None:
+        try:
+            while data := await self.reader.read(65536):
+                for ev in self.conn.receive_data(data):
+                    self._on_event(ev)
+                self.flush()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            self.closed.set()
+            for r in self.responses.values():
+                r.done.set()
+                r.got_headers.set()
+
+    def _on_event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.ResponseReceived):
+            r = self.responses[ev.stream_id]
+            r.headers = list(ev.headers)
+            r.got_headers.set()
+        elif isinstance(ev, h2.events.InformationalResponseReceived):
+            self.responses[ev.stream_id].informational.append(list(ev.headers))
+        elif isinstance(ev, h2.events.DataReceived):
+            self.responses[ev.stream_id].body += ev.data
+            if self.acknowledge:
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.StreamEnded):
+            self.responses[ev.stream_id].done.set()
+        elif isinstance(ev, h2.events.StreamReset):
+            r = self.responses[ev.stream_id]
+            r.reset = ev.error_code
+            r.done.set()
+            r.got_headers.set()
+        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self.window.set()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.terminated = ev
+
+    async def start(
+        self,
+        path: str,
+        method: str = "GET",
+        headers: Iterable[tuple[str, str]] = (),
+        body: AsyncIterator[bytes] | None = None,
+        authority: str = HOST,
+    ) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.responses[sid] = Response()
+        pseudo = [(":method", method), (":authority", authority)]
+        if method != "CONNECT":  # a CONNECT request has no :scheme and no :path (RFC 9113 §8.5)
+            pseudo += [(":scheme", "https"), (":path", path)]
+        hdrs = [*pseudo, *headers]
+        self.conn.send_headers(sid, hdrs, end_stream=body is None)
+        self.flush()
+        if body is not None:
+            async for chunk in body:
+                await self.send(sid, chunk)
+            self.conn.end_stream(sid)
+            self.flush()
+        return sid
+
+    async def send(self, sid: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if room <= 0:
+                self.window.clear()
+                await self.window.wait()
+                continue
+            self.conn.send_data(sid, view[:room])
+            self.flush()
+            view = view[room:]
+            await self.writer.drain()
+
+    async def response(self, sid: int) -> Response:
+        r = self.responses[sid]
+        await r.done.wait()
+        return r
+
+    async def request(self, path: str, **kw: object) -> Response:
+        sid = await self.start(path, **kw)  # type: ignore[arg-type]
+        return await self.response(sid)
+
+    def reset(self, sid: int) -> None:
+        self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        self.flush()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close_connection()
+            self.flush()
+        self.writer.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, ssl.SSLError):
+            await self._task
+            await self.writer.wait_closed()
+
+
+# ---- fixtures --------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    edge: Edge
+    app: App
+    agent: AgentSession
+
+    @property
+    def https_port(self) -> int:
+        return self.edge.addresses["https"][1]
+
+    async def client(self) -> H2Client:
+        return await H2Client.connect(self.https_port, self.edge.certs.ca_pem)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    app = App()
+    server = await asyncio.start_server(lambda r, w: _serve(app, r, w), "127.0.0.1", 0)
+    app.port = server.sockets[0].getsockname()[1]
+    edge = Edge(
+        EdgeConfig(
+            data_dir=tmp_path / "edge",
+            http_addr="127.0.0.1:0",
+            https_addr="127.0.0.1:0",
+            tunnel_addr="127.0.0.1:0",
+        )
+    )
+    await edge.start()
+    assert edge.store is not None
+    token = edge.store.create_token()[1]
+    agent = await AgentSession.connect(
+        f"localhost:{edge.addresses['tunnel'][1]}", token, ssl_context=tls.client_context(edge.certs.ca_pem)
+    )
+    try:
+        await agent.bind("https", {"Hostname": HOST}, make_forwarder(parse_upstream(str(app.port))))
+        await agent.bind("https", {"Hostname": DOWN_HOST}, make_forwarder(parse_upstream("127.0.0.1:1")))
+        yield Setup(edge, app, agent)
+    finally:
+        await agent.aclose()
+        await edge.aclose(drain=1.0)
+        server.close()
+
+
+# ---- tests -----------------------------------------------------------------------------------------------
+async def test_concurrent_gets_and_header_rules(setup: Setup) -> None:
+    async with asyncio.timeout(WAIT):
+        client = await setup.client()
+        try:
+            sids = [
+                await client.start(
+                    f"/hello?i={i}",
+                    headers=[("cookie", "a=1"), ("cookie", "b=2"), ("x-forwarded-for", "198.51.100.1")],
+                )
+                for i in range(12)
+            ]
+            assert len({sid for sid in sids}) == 12
+            responses = await asyncio.gather(*(client.response(sid) for sid in sids))
+        finally:
+            await client.aclose()
+    for i, r in enumerate(responses):
+        assert r.reset is None and r.status == 200
+        seen = json.loads(r.body)
+        assert seen["path"] == f"/hello?i={i}"
+        upstream = {}
+        for k, v in seen["headers"]:
+            upstream.setdefault(k, []).append(v)
+        assert upstream["host"] == [HOST]
+        assert upstream["cookie"] == ["a=1; b=2"]  # RFC 9113 §8.2.3: split cookies joined for HTTP/1.1
+        assert upstream["x-forwarded-for"] == ["198.51.100.1, 127.0.0.1"]
+        assert upstream["x-forwarded-proto"] == ["https"]
+        assert upstream["x-forwarded-host"] == [HOST]
+        assert "transfer-encoding" not in upstream  # no body: none framed
+        names = {k for k, _ in r.headers}
+        assert r.header(b"x-upstream") == [b"yes"]
+        assert r.header(b"content-length") == [str(len(r.body)).encode()]
+        for forbidden in (b"ngrok-error-code", b"connection", b"keep-alive", b"x-hop", b"transfer-encoding"):
+            assert forbidden not in names, forbidden
+
+
+async def test_post_5mib_streamed_and_echoed(setup: Setup) -> None:
+    total = 5 << 20
+    piece = os.urandom(1 << 16)
+    sent = hashlib.sha256()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(total // len(piece)):
+            chunk = piece[i % 7 :] + piece[: i % 7]
+            sent.update(chunk)
+            yield chunk
+
+    async with asyncio.timeout(WAIT):
+        client = await setup.client()
+        try:
+            r = await client.request("/echo", method="POST", body=body())
+        finally:
+            await client.aclose()
+    assert r.reset is None and r.status == 200
+    assert len(r.body) == total
+    assert hashlib.sha256(r.body).hexdigest() == sent.hexdigest()
+    assert r.header(b"transfer-encoding") == []
+    head = setup.app.heads[-1]
+    assert (b"transfer-encoding", b"chunked") in head.headers  # no content-length: framed for HTTP/1.1
+
+
+async def test_post_with_length_and_close_delimited_response(setup: Setup) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"0123456789" * 100
+
+    async with asyncio.timeout(WAIT):
+        client = await setup.client()
+        try:
+            r = await client.request(
+                "/echo", method="POST", headers=[("content-length", "1000")], body=body()
+            )
+            closed = await client.request("/close")
+        finally:
+            await client.aclose()
+    assert r.status == 200 and bytes(r.body) == b"0123456789" * 100
+    head = setup.app.heads[0]
+    assert (b"content-length", b"1000") in head.headers
+    assert all(k != b"transfer-encoding" for k, _ in head.headers)
+    assert closed.status == 200 and bytes(closed.body) == b"until the end"
+
+
+async def test_offline_unreachable_and_invalid_pages(setup: Setup) -> None:
+    async with asyncio.timeout(WAIT):
+        client = await setup.client()
+        try:
+            offline = await client.request("/", authority="nobody.hatchway.localhost")
+            as_json = await client.request(
+                "/", authority="nobody.hatchway.localhost", headers=[("accept", "application/json")]
+            )
+            refused = await client.request("/", authority=DOWN_HOST)
+            broken = await client.request("/broken")
+            connect = await client.start("", method="CONNECT", authority="example.com:443")
+            connect_r = await client.response(connect)
+        finally:
+            await client.aclose()
+    assert offline.status == 404
+    assert offline.header(b"ngrok-error-code") == [b"ERR_NGROK_3200"]
+    assert b"is offline" in offline.body and b"<html" in offline.body
+    assert json.loads(as_json.body)["error_code"] == "ERR_NGROK_3200"
+    assert refused.status == 502 and refused.header(b"ngrok-error-code") == [b"ERR_NGROK_8012"]
+    assert broken.status == 502 and broken.header(b"ngrok-error-code") == [b"ERR_NGROK_3004"]
+    assert connect_r.status == 501
+
+
+async def test_client_reset_of_one_stream_while_others_complete(setup: Setup) -> None:
+    async with asyncio.timeout(WAIT):
+        client = await setup.client()
+        try:
+            slow = await client.start("/slow")
+            await setup.app.slow_started.wait()
+            others = [await client.start(f"/hello?n={i}") for i in range(4)]
+            await client.responses[slow].got_headers.wait()
+            client.reset(slow)
+            # The edge resets the Proxy stream; the agent drops its upstream connection.
+            await setup.app.slow_closed.wait()
+            done = await asyncio.gather(*(client.response(s) for s in others))
+            assert all(r.status == 200 and r.reset is None for r in done)
+            # The connection still works after the reset.
+            again = await client.request("/hello?after=1")
+            assert again.status == 200
+        finally:
+            await client.aclose()
+    # The tunnel is untouched by one client's reset.
+    assert not setup.agent.conn.is_closed
+
+
+async def test_protocol_error_closes_only_that_client(setup: Setup) -> None:
+    async with asyncio.timeout(WAIT):
+        ctx = tls.client_context(setup.edge.certs.ca_pem)
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", setup.https_port, ssl=ctx, server_hostname=HOST
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not the h2 preface
+        data = b""
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while chunk := await reader.read(65536):
+                data += chunk
+        writer.close()
+        # Frames in answer: our SETTINGS, then GOAWAY with PROTOCOL_ERROR; then the close.
+        assert frame_types(data)[-1] == (7, (1).to_bytes(4, "big"))
+        client = await setup.client()
+        try:
+            assert (await client.request("/hello")).status == 200
+        finally:
+            await client.aclose()
+
+
+async def test_http11_still_served_by_alpn(setup: Setup) -> None:
+    async with asyncio.timeout(WAIT):
+        ctx = tls.client_context(setup.edge.certs.ca_pem)
+        ctx.set_alpn_protocols(["http/1.1"])
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", setup.https_port, ssl=ctx, server_hostname=HOST
+        )
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+        writer.write(f"GET /hello HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while chunk := await reader.read(65536):
+                data += chunk
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+async def test_interim_response_and_bodyless_status(setup: Setup) -> None:
+    async with asyncio.timeout(WAIT):
+        client = await setup.client()
+        try:
+            r = await client.request("/interim")
+            head = await client.request("/hello", method="HEAD")
+        finally:
+            await client.aclose()
+    assert r.informational == [[(b":status", b"103"), (b"link", b"</s.css>; rel=preload")]]
+    assert r.status == 204 and not r.body
+    assert head.status == 200 and not head.body and head.header(b"content-length") != []
+
+
+async def test_slow_client_holds_the_upstream(setup: Setup) -> None:
+    """A client that stops reading (its h2 window closed) stops the edge reading the Proxy stream, which
+    stops the agent and then the app: far less than the 64 MiB body is ever written."""
+    async with asyncio.timeout(WAIT):
+        client = await setup.client()
+        try:
+            # Stop giving the window back: the edge may send 64 KiB on this stream and no more.
+            client.acknowledge = False
+            sid = await client.start(f"/big?n={64 << 20}")
+            await client.responses[sid].got_headers.wait()
+            last = -1
+            while setup.app.big_sent != last:  # wait until the app is blocked
+                last = setup.app.big_sent
+                await asyncio.sleep(0.3)
+            assert setup.app.big_sent < 24 << 20
+            assert len(client.responses[sid].body) <= 65535
+            # Reading again lets the whole body through.
+            client.acknowledge = True
+            client.conn.acknowledge_received_data(len(client.responses[sid].body), sid)
+            client.flush()
+            r = await client.response(sid)
+            assert r.reset is None and len(r.body) == 64 << 20
+        finally:
+            await client.aclose()
+
+
+async def test_clients_vanishing_mid_response_leave_the_tunnel_up(setup: Setup) -> None:
+    async with asyncio.timeout(WAIT):
+        clients = [await setup.client() for _ in range(6)]
+        sids = [await c.start(f"/big?n={16 << 20}") for c in clients]
+        for c, sid in zip(clients, sids, strict=True):
+            await c.responses[sid].got_headers.wait()
+            c.writer.transport.abort()
+        for c in clients:
+            await c.aclose()
+        # Every upstream connection is dropped by the agent once the edge resets the Proxy streams.
+        while setup.app.open:  # noqa: ASYNC110 -- the app's counter has no event to wait on
+            await asyncio.sleep(0.05)
+        client = await setup.client()
+        try:
+            assert (await client.request("/hello")).status == 200
+        finally:
+            await client.aclose()
+    assert not setup.agent.conn.is_closed
+
+
+def frame_types(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, bytes 4..8 of the payload) of each HTTP/2 frame in ``data`` (GOAWAY: its error code)."""
+    out = []
+    pos = 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        out.append((data[pos + 3], data[pos + 13 : pos + 17]))
+        pos += 9 + length
+    return out
+
+
+def test_dechunker_splits_and_trailers() -> None:
+    wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT"
+    for step in (1, 2, 3, 7, len(wire)):
+        d = Dechunker()
+        out = bytearray()
+        used_total = 0
+        for i in range(0, len(wire), step):
+            if d.done:
+                break
+            pieces, used = d.feed(memoryview(wire[i : i + step]))
+            out += b"".join(pieces)
+            used_total += used
+        assert d.done and bytes(out) == b"hello world"
+        assert wire[used_total:] == b"NEXT"
+
+
+def test_request_from_h2() -> None:
+    req = request_from_h2(
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":authority", b"App.Example.com:8443"),
+            (b":path", b"/p?q=1"),
+            (b"cookie", b"a=1"),
+            (b"host", b"ignored.example"),
+            (b"cookie", b"b=2"),
+        ],
+        ended=False,
+        ip="192.0.2.1",
+        port=5,
+    )
+    assert req.method == b"POST" and req.target == b"/p?q=1" and req.version == "2"
+    assert req.host == "app.example.com"
+    assert req.headers[0] == (b"host", b"App.Example.com:8443")
+    assert (b"cookie", b"a=1; b=2") in req.headers
+    assert all(v != b"ignored.example" for _, v in req.headers)
+    assert req.has_body and req.chunked
+    assert split_host(b"[::1]:8443") == "::1"
+    assert split_host(b"example.com") == "example.com"
