@@ -100,11 +100,13 @@ def test_http2_request_body_and_parallel_streams(
         agent.url + "/p0",
         "--parallel",  # several streams on one connection: curl waits to multiplex over h2
         "-w",
-        "%{http_version} %{response_code}\n",
+        "%{http_version} %{response_code} %{num_connects}\n",
         "-o",
         "/dev/null",
         *extra,
         http="2",
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.decode().split("\n")[:-1] == ["2 200"] * 6
+    rows = [line.split() for line in res.stdout.decode().splitlines()]
+    assert [row[:2] for row in rows] == [["2", "200"]] * 6
+    assert sum(int(row[2]) for row in rows) == 1  # all six multiplexed on one connection

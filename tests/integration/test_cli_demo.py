@@ -1,4 +1,5 @@
-"""``hatchway demo`` (the README's first command) carries a request through the tunnel and prints it."""
+"""``hatchway demo --check`` (the README's first command, stopping after its self-check): a dev edge,
+a sample app and an agent come up, and a real HTTPS request through the edge reaches the app."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ import sys
 from pathlib import Path
 
 
-def test_demo_prints_the_sample_apps_answer() -> None:
+def test_demo_serves_the_sample_app_through_the_edge(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "hatchway"
-    proc = subprocess.run([str(exe), "demo"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(exe), "demo", "--check", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
-    assert "endpoint bound        https://demo.hatchway.localhost" in proc.stdout
-    assert "response              HTTP/1.1 200 OK" in proc.stdout
-    assert '"hello": "from the sample app"' in proc.stdout
+    out = proc.stdout
+    assert "checked       HTTP/1.1 200 OK" in out
+    forwarding = next(line for line in out.splitlines() if line.startswith("Forwarding"))
+    url = forwarding.split()[1]
+    assert url.startswith("https://") and ".hatchway.localhost:" in url
+    assert (tmp_path / "ca.pem").exists() and (tmp_path / "state.db").exists()
+    curl_line = next(line for line in out.splitlines() if line.startswith("try it")).split(None, 2)[2]
+    assert curl_line.startswith("curl --cacert ") and url in curl_line

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -43,15 +44,16 @@ def version() -> None:
 
 
 @app.command()
-def demo() -> None:
-    """Carry one HTTP request through a loopback tunnel (sample app <- agent <- muxado/TLS <- edge)."""
+def demo(
+    check: Annotated[
+        bool, typer.Option("--check", help="Stop after the first request (for scripts).")
+    ] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Edge data dir (default ~/.hatchway/edge).")] = None,
+) -> None:
+    """Start a dev edge, a sample app and an agent exposing it; print the URL and a curl line."""
     from hatchway.cli.demo import DemoResult, run_demo
 
-    result: DemoResult = run_loop(run_demo())
-    typer.echo(f"edge tunnel listener  {result.tunnel_addr} (TLS, dev CA)")
-    typer.echo(f"endpoint bound        {result.url}")
-    typer.echo(f"response              {result.status_line}")
-    typer.echo(f"body                  {result.body}")
+    result: DemoResult = run_loop(run_demo(data_dir, check_only=check))
     if not result.status_line.startswith("HTTP/1.1 200"):
         sys.exit(1)
 

@@ -161,7 +161,9 @@ class Response:
 class H2Client:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
         self.responses: dict[int, Response] = {}
         self.window = asyncio.Event()
         self.terminated: h2.events.ConnectionTerminated | None = None

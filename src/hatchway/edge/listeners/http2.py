@@ -147,7 +147,9 @@ def split_host(authority: bytes) -> str:
     return text.rsplit(":", 1)[0].lower() if ":" in text else text.lower()
 
 
-def request_from_h2(headers: Iterable[tuple[bytes, bytes]], ended: bool, ip: str, port: int) -> Request:
+def request_from_h2(
+    headers: Iterable[tuple[bytes, bytes]], ended: bool, ip: str, port: int, scheme: str = "https"
+) -> Request:
     """An ``edge.proxy.Request`` from an h2 header block: pseudo-headers become method, target and Host
     (``:authority`` wins over ``Host``); split ``cookie`` fields are joined with ``"; "`` (RFC 9113
     §8.2.3). A body without ``content-length`` is marked chunked, so the upstream head frames it."""
@@ -183,7 +185,7 @@ def request_from_h2(headers: Iterable[tuple[bytes, bytes]], ended: bool, ip: str
         host=split_host(authority) if authority else "",
         client_ip=ip,
         client_port=port,
-        scheme="https",
+        scheme=scheme,
         chunked=has_body and hh.get(regular, b"content-length") is None,
         has_body=has_body,
     )
@@ -369,10 +371,8 @@ class Http2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         for st in list(self._streams.values()):
-            if st.task is not None and not st.task.done():
-                st.task.cancel()
-            else:
-                self._drop_proxy(st, graceful=False)
+            if st.task is not None:
+                st.task.cancel()  # its done callback resets the Proxy stream
         for w in self._drain_waiters:
             _wake(w)
         self._drain_waiters.clear()
@@ -436,6 +436,9 @@ class Http2Connection(asyncio.Protocol):
         st = _Stream(ev.stream_id, headers, ev.stream_ended is not None)
         self._streams[st.sid] = st
         st.task = self._loop.create_task(self._run(st), name=f"h2-stream-{st.sid}")
+        # A done callback, not a ``finally``: it also runs for a task cancelled before it ever started
+        # (HEADERS, DATA and RST_STREAM in one read), so the stream's buffered DATA is always given back.
+        st.task.add_done_callback(lambda _t: self._finish(st))
 
     def _drop_proxy(self, st: _Stream, graceful: bool) -> None:
         proxy, st.proxy = st.proxy, None
@@ -497,6 +500,8 @@ class Http2Connection(asyncio.Protocol):
             self._end(st)
 
     async def _respond_error(self, st: _Stream, req: Request | None, err: errors.EdgeError) -> None:
+        if st.replied:
+            raise _Cut()  # too late for an error page: the client must see the stream fail
         accept = hh.get(req.headers, b"accept") if req is not None else None
         head_only = req is not None and req.method == b"HEAD"
         headers, body = error_response(err, accept, head_only)
@@ -506,15 +511,13 @@ class Http2Connection(asyncio.Protocol):
     async def _run(self, st: _Stream) -> None:
         try:
             await self._exchange(st)
-        except (_ClientGone, asyncio.CancelledError):
+        except _ClientGone:
             pass
         except _Cut:
             self._reset_client(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
         except Exception:
             logger.exception("h2 exchange failed")
             self._reset_client(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
-        finally:
-            self._finish(st)
 
     def _reset_client(self, st: _Stream, code: int) -> None:
         if not self.closed and not st.reset and not (st.complete and st.ended):
@@ -537,7 +540,7 @@ class Http2Connection(asyncio.Protocol):
             self._ack(st.sid, st.body.popleft()[1])
 
     async def _exchange(self, st: _Stream) -> None:
-        req = request_from_h2(st.headers, st.bodyless, self.client_ip, self.client_port)
+        req = request_from_h2(st.headers, st.bodyless, self.client_ip, self.client_port, self.scheme)
         if req.method == b"CONNECT":
             body = b"CONNECT is not supported over HTTP/2 by this edge.\n"
             hdrs: H2Headers = [
