@@ -49,7 +49,7 @@ class ClientGone(Exception):
 class Body:
     """A request body (or post-upgrade bytes) from the client, consumed by the task that feeds the tunnel."""
 
-    __slots__ = ("_chunks", "_conn", "_waiter", "eof", "size")
+    __slots__ = ("_chunks", "_conn", "_waiter", "aborted", "eof", "size")
 
     def __init__(self, conn: Http1Connection) -> None:
         self._conn = conn
@@ -57,6 +57,12 @@ class Body:
         self._waiter: asyncio.Future[None] | None = None
         self.size = 0
         self.eof = False
+        self.aborted = False
+
+    def abort(self) -> None:
+        """The client went away before the body ended: readers get ``ClientGone``, never a short body."""
+        self.aborted = True
+        self._wake()
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -75,8 +81,11 @@ class Body:
 
     async def read(self) -> bytes:
         while not self._chunks:
-            if self.eof or self._conn.closed:
+            if self.eof:
                 return b""
+            if self.aborted or self._conn.closed:
+                # A truncated body must never look complete upstream (a chunked one would end cleanly).
+                raise ClientGone()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -147,7 +156,7 @@ class Http1Connection(asyncio.Protocol):
             self._upgraded.feed_eof()
             return True  # keep our side open: the upstream may still answer
         if self._current is not None:
-            self._current[1].feed_eof()
+            self._current[1].abort()  # EOF in the middle of a request body
         if self.transport is not None and self.transport.get_extra_info("sslcontext") is not None:
             return False  # TLS has no half-close; returning True would only draw a warning
         # Keep our side open while an exchange is in flight so its response can still be written.
@@ -158,10 +167,14 @@ class Http1Connection(asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ClientGone())
         for _req, body in [*self._queue, *([self._current] if self._current else [])]:
-            body.feed_eof()
-        if self._task is not None and not self._task.done():
+            body.abort()
+        busy = self._task is not None and not self._task.done()
+        if busy:
+            assert self._task is not None
             self._task.cancel()
-        self._drop_stream(graceful=True)
+        # Mid-exchange the stream must be reset, not finished: otherwise the agent would keep writing a
+        # response nobody reads, held by the window for ever.
+        self._drop_stream(graceful=not busy)
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -363,6 +376,8 @@ class Http1Connection(asyncio.Protocol):
                 await stream.write(LAST_CHUNK)
         except (SessionClosedError, StreamResetError):
             return
+        except ClientGone:
+            stream.reset(ErrorCode.STREAM_CANCELLED)
 
     async def _relay_response(
         self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, sent_host: bytes
