@@ -24,6 +24,7 @@ from hatchway.agent.spec import EndpointSpec
 from hatchway.errors import RpcError, SessionClosedError
 from hatchway.net.transport import MuxStream
 from hatchway.wire import messages as m
+from hatchway.wire.frames import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,34 @@ class Stats:
 
 @dataclass
 class Endpoint:
-    """One spec and, while online, the tunnels bound for it (one per scheme)."""
+    """One spec and, while online, the tunnels bound for it (one per scheme).
+
+    ``forwarder`` may change while the endpoint is online (the SDK's ``listen()`` then ``forward()``);
+    with none set, proxy streams are refused, which the edge reports as ERR_NGROK_8012.
+    """
 
     spec: EndpointSpec
-    handler: ProxyHandler
+    forwarder: ProxyHandler | None = None
     tunnels: dict[str, BoundTunnel] = field(default_factory=dict)  # scheme -> tunnel
     host: str = ""
+
+    async def handle(self, header: m.ProxyHeader, stream: MuxStream, first: bytes) -> None:
+        if self.forwarder is None:
+            stream.reset(ErrorCode.STREAM_REFUSED)
+            return
+        await self.forwarder(header, stream, first)
+
+    def forward_to(self, addr: str) -> None:
+        self.spec.addr = addr
+        self.forwarder = make_forwarder(self.spec.upstream())
+
+    @property
+    def upstream_addr(self) -> str:
+        return self.spec.upstream().addr if self.spec.addr else ""
+
+    @property
+    def upstream_url(self) -> str:
+        return self.spec.upstream().url if self.spec.addr else ""
 
     @property
     def urls(self) -> list[str]:
@@ -119,8 +142,8 @@ class Agent:
     async def start(self, specs: list[EndpointSpec]) -> list[Endpoint]:
         """Connect and bind every spec; errors (bad token, refused domain) raise here, not later."""
         for spec in specs:
-            up = spec.upstream()
-            self.endpoints.append(Endpoint(spec, self._counting(make_forwarder(up))))
+            forwarder = make_forwarder(spec.upstream()) if spec.addr else None
+            self.endpoints.append(Endpoint(spec, forwarder))
         session = await self._connect()
         try:
             for ep in self.endpoints:
@@ -146,15 +169,15 @@ class Agent:
             tunnel = await session.bind(
                 scheme,
                 opts,
-                ep.handler,
-                forwards_to=spec.upstream().addr,
+                self._counting(ep.handle),
+                forwards_to=ep.upstream_addr,
                 metadata=spec.metadata,
                 tunnel_id=old.id if old is not None else "",
                 token=old.token if old is not None else "",
             )
             ep.tunnels[scheme] = tunnel
             ep.host = urlsplit(tunnel.url).hostname or ep.host
-            self._emit("bound", name=spec.name, url=tunnel.url, addr=spec.upstream().url)
+            self._emit("bound", name=spec.name, url=tunnel.url, addr=ep.upstream_url)
 
     async def _watch(self) -> None:
         """Wait for the session to end; then reconnect and re-bind until closed."""

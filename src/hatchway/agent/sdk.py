@@ -76,10 +76,14 @@ class Listener:
         return "https" if "https" in self._endpoint.tunnels else "http"
 
     def forwards_to(self) -> str:
-        return self._endpoint.spec.upstream().url
+        return self._endpoint.upstream_url
 
     def metadata(self) -> str:
         return self._endpoint.spec.metadata
+
+    def forward(self, addr: str | int) -> None:
+        """Send this listener's traffic to ``addr`` (ngrok's address forms); takes effect at once."""
+        self._endpoint.forward_to(str(addr))
 
     def close(self) -> Any:
         return _dispatch(self._session._agent.aclose())
@@ -143,6 +147,10 @@ class HttpListenerBuilder:
         self._spec.addr = url
         return self._session._listen(self._spec)
 
+    def listen(self) -> Any:
+        """Bind with no upstream yet; call ``listener.forward(addr)`` to start serving."""
+        return self._session._listen(self._spec)
+
 
 class Session:
     def __init__(self, options: AgentOptions) -> None:
@@ -153,7 +161,7 @@ class Session:
         return HttpListenerBuilder(self)
 
     def _listen(self, spec: EndpointSpec) -> Any:
-        problems = spec.validate()
+        problems = [p for p in spec.validate() if p.field_path != "addr" or spec.addr]
         if problems:
             raise ValueError("; ".join(str(p) for p in problems))
 

@@ -166,7 +166,7 @@ def status_table(agent: Agent, settings: AgentSettings) -> Any:
         t.add_row("Latency", f"{agent.session.latency * 1000:.0f}ms")
     for ep in agent.endpoints:
         for url in ep.urls:
-            t.add_row("Forwarding", f"{url} -> {ep.spec.upstream().url}")
+            t.add_row("Forwarding", f"{url} -> {ep.upstream_url}")
     st = agent.stats
     t.add_row("", "")
     t.add_row("Connections", "ttl     opn     p50     p90")
