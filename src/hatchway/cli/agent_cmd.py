@@ -69,10 +69,10 @@ def resolve(
     root_cas: str | None,
 ) -> Resolved:
     s = cfg.settings
-    if authtoken:
-        s.authtoken = authtoken
-    elif not s.authtoken:
-        s.authtoken = os.environ.get("HATCHWAY_AUTHTOKEN") or os.environ.get("NGROK_AUTHTOKEN") or ""
+    # Flags, then the environment, then config files (ngrok's NGROK_AUTHTOKEN overrides its file too).
+    s.authtoken = (
+        authtoken or os.environ.get("HATCHWAY_AUTHTOKEN") or os.environ.get("NGROK_AUTHTOKEN") or s.authtoken
+    )
     if server_addr:
         s.server_addr = server_addr
     if root_cas:
