@@ -5,8 +5,10 @@ A real ``Edge`` (all listeners on 127.0.0.1:0), our ``AgentSession`` forwarding 
 verified). Covers concurrent streams, a 5 MiB request body streamed through and echoed back (both
 directions crossing the flow-control windows), the offline page, header rules (``ngrok-error-code``
 and hop-by-hop headers never reach the client, cookies joined, a length-less body sent chunked), the
-unreachable-upstream page, a client reset of one stream while others finish (the agent drops that
-upstream), h2 protocol errors, and HTTP/1.1 still served on the same listener by ALPN.
+unreachable-upstream page, interim responses, a client reset of one stream while others finish (the
+agent drops that upstream), a client that stops reading holding the upstream back, clients vanishing
+mid-response with the tunnel staying up, h2 protocol errors, and ALPN (h2 for clients, also on
+certificates issued by SNI; none on the tunnel listener; HTTP/1.1 still served on the same listener).
 """
 
 from __future__ import annotations
@@ -551,6 +553,23 @@ async def test_clients_vanishing_mid_response_leave_the_tunnel_up(setup: Setup) 
     assert not setup.agent.conn.is_closed
 
 
+async def test_alpn_h2_for_clients_none_for_the_tunnel(setup: Setup) -> None:
+    async def negotiated(port: int, sni: str) -> str | None:
+        ctx = tls.client_context(setup.edge.certs.ca_pem)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni)
+        proto: str | None = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+        return proto
+
+    async with asyncio.timeout(WAIT):
+        assert await negotiated(setup.https_port, HOST) == "h2"
+        assert await negotiated(setup.https_port, "custom.example.com") == "h2"  # a leaf issued by SNI
+        assert await negotiated(setup.edge.addresses["tunnel"][1], "localhost") is None
+
+
 def frame_types(data: bytes) -> list[tuple[int, bytes]]:
     """(type, bytes 4..8 of the payload) of each HTTP/2 frame in ``data`` (GOAWAY: its error code)."""
     out = []
@@ -589,7 +608,7 @@ def test_request_from_h2() -> None:
             (b"host", b"ignored.example"),
             (b"cookie", b"b=2"),
         ],
-        ended=False,
+        body_length=None,
         ip="192.0.2.1",
         port=5,
     )
@@ -599,5 +618,9 @@ def test_request_from_h2() -> None:
     assert (b"cookie", b"a=1; b=2") in req.headers
     assert all(v != b"ignored.example" for _, v in req.headers)
     assert req.has_body and req.chunked
+    whole = request_from_h2([(b":method", b"POST"), (b":path", b"/")], 3, "192.0.2.1", 5)
+    assert not whole.chunked and whole.has_body and (b"content-length", b"3") in whole.headers
+    empty = request_from_h2([(b":method", b"GET"), (b":path", b"/")], 0, "192.0.2.1", 5)
+    assert not empty.has_body and not empty.chunked
     assert split_host(b"[::1]:8443") == "::1"
     assert split_host(b"example.com") == "example.com"

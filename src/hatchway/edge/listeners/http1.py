@@ -385,32 +385,31 @@ class Http1Connection(asyncio.Protocol):
         buf = bytearray()
         got_any = False
         while True:
+            # Parse what is buffered first: an interim response and the final head often share a read.
+            try:
+                rhead = parse_response_head(buf) if buf else None
+            except H1Error as exc:
+                raise _NoResponse(refused=False, detail=str(exc)) from exc
+            if rhead is not None:
+                if 100 <= rhead.status < 200 and rhead.status != 101:
+                    # Interim responses (100 Continue, 103 Early Hints) pass through, cleaned like finals.
+                    if req.version != "1.0":
+                        interim = hh.strip_error_code(hh.strip_hop_by_hop(rhead.headers))
+                        self._write(hh.serialize_response_head(rhead.status, rhead.reason or b"-", interim))
+                    del buf[: rhead.size]
+                    continue
+                break
             try:
                 data = await stream.read()
             except StreamResetError as exc:
-                raise _NoResponse(
-                    refused=exc.mux_code == ErrorCode.STREAM_REFUSED and not got_any,
-                    detail="the agent reset the stream",
-                ) from exc
+                refused = exc.mux_code == ErrorCode.STREAM_REFUSED and not got_any
+                raise _NoResponse(refused=refused, detail="the agent reset the stream") from exc
             except SessionClosedError as exc:
                 raise _NoResponse(refused=False, detail="the agent disconnected") from exc
             if not data:
                 raise _NoResponse(refused=False, detail="the upstream closed without a response")
             got_any = True
             buf += data
-            try:
-                rhead = parse_response_head(buf)
-            except H1Error as exc:
-                raise _NoResponse(refused=False, detail=str(exc)) from exc
-            if rhead is None:
-                continue
-            if 100 <= rhead.status < 200 and rhead.status != 101:
-                # Interim responses (100 Continue, 103 Early Hints) pass straight through.
-                if req.version != "1.0":
-                    self._write(bytes(buf[: rhead.size]))
-                del buf[: rhead.size]
-                continue
-            break
         try:
             framing, length = response_framing(rhead, req.method)
         except H1Error as exc:

@@ -3,7 +3,7 @@
 One ``Http2Connection`` drives an ``h2`` server connection for one client socket. Every h2 request gets its
 own task (owned by the connection, cancelled when it closes) and its own NEW Proxy stream: the agent side
 stays HTTP/1.1, so the request is written as an HTTP/1.1 head (``edge/proxy.upstream_head``) plus its body
-(chunk-encoded when the client gave no length), and the HTTP/1.1 response read back from the stream is
+(chunk-encoded when its length is not known), and the HTTP/1.1 response read back from the stream is
 turned into HEADERS and DATA frames (chunked bodies decoded, close-delimited bodies read to the stream's
 end). Flow control holds both ways: client DATA is acknowledged only once the Proxy stream took it, and
 response bytes are read from the Proxy stream only while the client's h2 window and socket buffer have
@@ -148,11 +148,17 @@ def split_host(authority: bytes) -> str:
 
 
 def request_from_h2(
-    headers: Iterable[tuple[bytes, bytes]], ended: bool, ip: str, port: int, scheme: str = "https"
+    headers: Iterable[tuple[bytes, bytes]],
+    body_length: int | None,
+    ip: str,
+    port: int,
+    scheme: str = "https",
 ) -> Request:
     """An ``edge.proxy.Request`` from an h2 header block: pseudo-headers become method, target and Host
     (``:authority`` wins over ``Host``); split ``cookie`` fields are joined with ``"; "`` (RFC 9113
-    §8.2.3). A body without ``content-length`` is marked chunked, so the upstream head frames it."""
+    §8.2.3). ``body_length`` is the body's size when all of it has already arrived (0: none), else None.
+    A body of unknown length without ``content-length`` is marked chunked, so the upstream head frames it;
+    a whole body that came without ``content-length`` gets one."""
     method = path = authority = b""
     host_field: bytes | None = None
     regular: H2Headers = []
@@ -176,7 +182,11 @@ def request_from_h2(
         regular.append((b"cookie", b"; ".join(cookies)))
     if authority:
         regular.insert(0, (b"host", authority))
-    has_body = not ended
+    has_body = body_length != 0
+    has_length = hh.get(regular, b"content-length") is not None
+    if body_length and not has_length:
+        regular.append((b"content-length", b"%d" % body_length))
+        has_length = True
     return Request(
         method=method,
         target=path or b"/",
@@ -186,7 +196,7 @@ def request_from_h2(
         client_ip=ip,
         client_port=port,
         scheme=scheme,
-        chunked=has_body and hh.get(regular, b"content-length") is None,
+        chunked=has_body and not has_length,
         has_body=has_body,
     )
 
@@ -233,7 +243,6 @@ class _Stream:
 
     __slots__ = (
         "body",
-        "bodyless",
         "complete",
         "ended",
         "headers",
@@ -251,7 +260,6 @@ class _Stream:
         self.sid = sid
         self.headers = headers
         self.body: collections.deque[tuple[bytes, int]] = collections.deque()
-        self.bodyless = ended  # END_STREAM came with the HEADERS
         self.ended = ended  # the client sent END_STREAM
         self.reset = False  # the client sent RST_STREAM
         self.replied = False  # our response HEADERS went out
@@ -540,7 +548,12 @@ class Http2Connection(asyncio.Protocol):
             self._ack(st.sid, st.body.popleft()[1])
 
     async def _exchange(self, st: _Stream) -> None:
-        req = request_from_h2(st.headers, st.bodyless, self.client_ip, self.client_port, self.scheme)
+        # A body that ended in the same read as the HEADERS is known whole (often an empty DATA frame
+        # carrying END_STREAM): send it with a length, or as no body at all, rather than chunked.
+        known = sum(len(data) for data, _ in st.body) if st.ended else None
+        req = request_from_h2(st.headers, known, self.client_ip, self.client_port, self.scheme)
+        if not req.has_body:
+            st.upstream_done = True
         if req.method == b"CONNECT":
             body = b"CONNECT is not supported over HTTP/2 by this edge.\n"
             hdrs: H2Headers = [
@@ -586,8 +599,8 @@ class Http2Connection(asyncio.Protocol):
         finally:
             if sender is not None and not sender.done():
                 sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+                # asyncio.wait, not ``await sender``: our own cancellation must not be swallowed here.
+                await asyncio.wait([sender])
 
     async def _next_body(self, st: _Stream) -> tuple[bytes, int] | None:
         while not st.body:
@@ -622,7 +635,7 @@ class Http2Connection(asyncio.Protocol):
         got_any = False
         while True:
             try:
-                rhead = parse_response_head(buf)
+                rhead = parse_response_head(buf) if buf else None
             except H1Error as exc:
                 raise _NoResponse(refused=False, detail=str(exc)) from exc
             if rhead is None:
