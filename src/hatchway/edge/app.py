@@ -55,7 +55,10 @@ class Edge:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store: SqliteStore | None = SqliteStore(config.data_dir / "state.db")
         self.registry = Registry(
-            self._check_token, base_domain=config.base_domain, domain_owner=self._domain_owner
+            self._check_token,
+            base_domain=config.base_domain,
+            domain_owner=self._domain_owner,
+            key=_secret_key(config.data_dir / "registry.key"),
         )
         self.tunnels = TunnelServer(self.registry, self.certs.tunnel_context())
         self._servers: list[asyncio.Server] = []
@@ -170,3 +173,18 @@ class Edge:
             elif c.transport is not None:
                 c.transport.close()
         await self.tunnels.aclose(drain=1.0)
+
+
+def _secret_key(path: Path) -> bytes:
+    """A 32-byte key kept in the data dir (0600): bind tokens and random names survive edge restarts."""
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key

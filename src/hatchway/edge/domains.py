@@ -298,3 +298,22 @@ def random_name(base_domain: str, taken: Callable[[str], bool] | None = None, at
         if taken is None or not taken(host):
             return validate_domain(host)
     raise RuntimeError(f"no free random name under {base} after {attempts} attempts")
+
+
+def seeded_name(base_domain: str, seed: bytes) -> str:
+    """A readable host derived from ``seed`` (the same seed always gives the same name).
+
+    The edge seeds it with an HMAC of the tunnel id, so an agent that re-binds its old tunnel id after a
+    reconnect, or after an edge restart, gets its random URL back (the Rust SDKs re-bind with the old id
+    and an empty hostname, protocol.md §7).
+    """
+    base = validate_domain(base_domain)
+    n = int.from_bytes(seed[:16], "big")
+    words: list[str] = []
+    while len(words) < 3:
+        n, i = divmod(n, len(WORDS))
+        if WORDS[i] not in words:
+            words.append(WORDS[i])
+        else:
+            n += 7  # a repeat: step on (the seed has far more entropy than three words use)
+    return validate_domain(f"{'-'.join(words)}.{base}")

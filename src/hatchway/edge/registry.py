@@ -88,6 +88,7 @@ class Registry:
         base_domain: str = "hatchway.localhost",
         ports: dict[str, int] | None = None,
         domain_owner: DomainOwner | None = None,
+        key: bytes | None = None,
     ) -> None:
         self._check = tokens if callable(tokens) else self._in_set(tokens)
         self.base_domain = base_domain.lower().strip(".")
@@ -95,6 +96,9 @@ class Registry:
         # Without an owner lookup (tests, demos) any domain may be bound; with one, names outside the
         # base domain must be reserved by the binding account.
         self._owner = domain_owner
+        # Signs tunnel ids: the bind token proves a re-bind comes from the agent that got the id, and the
+        # random name derived from it survives reconnects and (with a persistent key) edge restarts.
+        self._key = key if key is not None else secrets.token_bytes(32)
         self.endpoints: dict[tuple[str, str], list[Endpoint]] = {}
         self._accounts: dict[int, str] = {}  # id(session) -> account
 
@@ -134,7 +138,10 @@ class Registry:
             return _bind_error(f"protocol {bind.proto!r} is not served by this edge yet", "ERR_NGROK_9017")
         account = self._accounts.get(id(session), "default")
         opts = bind.http_opts()
-        tunnel_id = bind.id or f"tn_{secrets.token_hex(12)}"
+        tunnel_id = bind.id
+        if tunnel_id and not hmac.compare_digest(bind.extra.token.encode(), self._token(tunnel_id).encode()):
+            tunnel_id = ""  # an id we did not issue (or from another edge key): treat as a new tunnel
+        tunnel_id = tunnel_id or f"tn_{secrets.token_hex(12)}"
         requested = (opts.requested_domain or "").lower().strip().rstrip(".")
         if requested:
             problem = self._check_domain(requested, account)
@@ -142,7 +149,7 @@ class Registry:
                 return problem
             host = requested
         else:
-            host = self._fresh_name(bind.proto)
+            host = self._fresh_name(bind.proto, tunnel_id)
         key = (bind.proto, host)
         current = [e for e in self.endpoints.get(key, []) if e.online and e.tunnel_id != tunnel_id]
         pooling = bind.extra.pooling_enabled
@@ -161,7 +168,7 @@ class Registry:
             url=url,
             proto=bind.proto,
             opts=bind.opts,  # echo: Rust re-parses Opts and needs its required fields (protocol.md §5.2)
-            extra=m.BindRespExtra(token=bind.extra.token or secrets.token_hex(8)),
+            extra=m.BindRespExtra(token=self._token(tunnel_id)),
         )
 
     def _check_domain(self, host: str, account: str) -> m.BindResp | None:
@@ -182,13 +189,18 @@ class Registry:
             return _bind_error(f"The wildcard '{host}' must be reserved first.", "ERR_NGROK_319")
         return None
 
-    def _fresh_name(self, scheme: str) -> str:
-        def taken(host: str) -> bool:
-            return (scheme, host) in self.endpoints or (
-                self._owner is not None and self._owner(host) is not None
-            )
+    def _token(self, tunnel_id: str) -> str:
+        return hmac.new(self._key, b"token:" + tunnel_id.encode(), "sha256").hexdigest()[:32]
 
-        return domains.random_name(self.base_domain, taken=taken)
+    def _fresh_name(self, scheme: str, tunnel_id: str) -> str:
+        def taken(host: str) -> bool:
+            reserved = self._owner is not None and self._owner(host) is not None
+            eps = self.endpoints.get((scheme, host), [])
+            return reserved or any(e.online and e.tunnel_id != tunnel_id for e in eps)
+
+        seed = hmac.new(self._key, b"name:" + tunnel_id.encode(), "sha256").digest()
+        host = domains.seeded_name(self.base_domain, seed)
+        return host if not taken(host) else domains.random_name(self.base_domain, taken=taken)
 
     async def unbind(self, session: AgentSession, tunnel_id: str) -> None:
         self._drop(lambda e: e.session is session and e.tunnel_id == tunnel_id)
