@@ -13,7 +13,6 @@ import time
 
 from e2e_support import HATCHWAY, EdgeProc, curl
 
-
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 import hatchway
+
 from e2e_support import EdgeProc, curl, wait_for
 
 SYNC_SCRIPT = """\

@@ -28,7 +28,6 @@ import h2.events
 import h11
 import pytest
 
-from conftest import TOKEN, Edge
 from hatchway.agent import forward
 from hatchway.agent.forward import make_forwarder
 from hatchway.agent.session import AgentSession
@@ -38,6 +37,8 @@ from hatchway.errors import StreamResetError
 from hatchway.net import tls
 from hatchway.net.transport import MuxStream
 from hatchway.wire.frames import ErrorCode
+
+from conftest import TOKEN, Edge
 
 WAIT = 10.0
 _names = itertools.count()

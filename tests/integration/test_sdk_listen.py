@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 import hatchway
-from conftest import TOKEN, App, Edge
 from hatchway.errors import StreamResetError
 from hatchway.wire.frames import ErrorCode
+
+from conftest import TOKEN, App, Edge
 from helpers import proxy_get
 
 

@@ -11,7 +11,6 @@ import asyncio
 
 import pytest
 
-from conftest import TOKEN, App, Edge
 from hatchway.agent.forward import make_forwarder
 from hatchway.agent.session import AgentSession, ProxyHandler
 from hatchway.agent.spec import Upstream
@@ -22,6 +21,8 @@ from hatchway.wire import messages as m
 from hatchway.wire.frames import ErrorCode
 from hatchway.wire.mux import MuxSession
 from hatchway.wire.rpc import StreamType
+
+from conftest import TOKEN, App, Edge
 from helpers import proxy_get
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from hatchway.net.transport import MuxStream
 from hatchway.wire.mux import DEFAULT_WINDOW
+
 from mux_pair import make_tls, mux_pair, wait_until
 
 try:

@@ -11,10 +11,11 @@ import asyncio
 import ngrok
 import pytest
 
-from conftest import TOKEN, App, Edge
 from hatchway.net import tls
 from hatchway.wire import messages as m
 from hatchway.wire.rpc import StreamType
+
+from conftest import TOKEN, App, Edge
 from helpers import proxy_get, wait_until
 
 pytestmark = pytest.mark.interop

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-import mux_pair as mp
 from hatchway.errors import LocalProtocolError, SessionClosedError, StreamResetError
 from hatchway.net.transport import MuxStream
 from hatchway.wire.frames import FLAG_SYN, ErrorCode, FrameDecoder, FrameType, GoAway, header
 from hatchway.wire.mux import DEFAULT_WINDOW
 from hatchway.wire.rpc import StreamType
+
+import mux_pair as mp
 
 WAIT = mp.WAIT
 
