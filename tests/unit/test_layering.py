@@ -171,3 +171,24 @@ def test_http_package_may_use_wire_but_wire_may_not_use_http() -> None:
     source = "from hatchway.http import headers\nfrom hatchway.wire import frames\n"
     assert not [n for _, n in imports(source, "hatchway.http.h1") if breaks_rule(n, ALLOWED_HATCHWAY["http"])]
     assert flagged(source) == {"hatchway.http", "hatchway.http.headers"}
+
+
+def _hatchway_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return {n for n in names if n.startswith("hatchway")}
+
+
+@pytest.mark.parametrize(("side", "other"), [("edge", "hatchway.agent"), ("agent", "hatchway.edge")])
+def test_edge_and_agent_never_import_each_other(side: str, other: str) -> None:
+    root = Path(__file__).resolve().parents[2] / "src" / "hatchway" / side
+    offenders = {
+        str(p.relative_to(root)): sorted(i for i in _hatchway_imports(p) if i.split(".")[:2] == other.split("."))
+        for p in root.rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
