@@ -89,7 +89,9 @@ class ChunkedScanner:
     """Follows chunked framing through arbitrary splits, without copying the data.
 
     ``feed(data)`` returns how many bytes of ``data`` belong to this message; once ``done`` is True the
-    message (trailers included) has ended and any later bytes belong to the next message.
+    message (trailers included) has ended and any later bytes belong to the next message. Given a
+    ``pieces`` list, it also appends the chunk data found in ``data`` (views, no copies): a decoder for
+    the listeners that must strip the framing (HTTP/2). Trailers are dropped.
     """
 
     __slots__ = ("_line", "_remaining", "_state", "done")
@@ -102,13 +104,15 @@ class ChunkedScanner:
         self._line = bytearray()
         self.done = False
 
-    def feed(self, data: bytes | memoryview) -> int:
+    def feed(self, data: bytes | memoryview, pieces: list[memoryview] | None = None) -> int:
         pos = 0
         n = len(data)
         while pos < n and not self.done:
             st = self._state
             if st == self._DATA:
                 take = min(self._remaining, n - pos)
+                if pieces is not None:
+                    pieces.append(memoryview(data)[pos : pos + take])
                 pos += take
                 self._remaining -= take
                 if self._remaining == 0:

@@ -35,7 +35,8 @@ from hatchway.agent.forward import make_forwarder
 from hatchway.agent.session import AgentSession
 from hatchway.agent.spec import parse_upstream
 from hatchway.edge.app import Edge, EdgeConfig
-from hatchway.edge.listeners.http2 import Dechunker, request_from_h2, split_host
+from hatchway.edge.listeners.http2 import request_from_h2, split_host
+from hatchway.http.h1 import ChunkedScanner
 from hatchway.net import tls
 
 WAIT = 20.0
@@ -584,13 +585,14 @@ def frame_types(data: bytes) -> list[tuple[int, bytes]]:
 def test_dechunker_splits_and_trailers() -> None:
     wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT"
     for step in (1, 2, 3, 7, len(wire)):
-        d = Dechunker()
+        d = ChunkedScanner()
         out = bytearray()
         used_total = 0
         for i in range(0, len(wire), step):
             if d.done:
                 break
-            pieces, used = d.feed(memoryview(wire[i : i + step]))
+            pieces: list[memoryview] = []
+            used = d.feed(memoryview(wire[i : i + step]), pieces)
             out += b"".join(pieces)
             used_total += used
         assert d.done and bytes(out) == b"hello world"

@@ -38,6 +38,7 @@ from hatchway.errors import SessionClosedError, StreamResetError
 from hatchway.http import headers as hh
 from hatchway.http.h1 import (
     LAST_CHUNK,
+    ChunkedScanner,
     Framing,
     H1Error,
     ResponseHead,
@@ -75,67 +76,6 @@ class _NoResponse(Exception):
 
 class _Cut(Exception):
     """The response broke after its head went out: the client must see a reset stream."""
-
-
-class Dechunker:
-    """Decodes chunked framing through arbitrary splits: ``feed`` returns the chunk data slices in
-    ``data`` (views, no copies) and how many bytes belong to this message; ``done`` once the last chunk
-    and trailers ended. Trailers are dropped."""
-
-    __slots__ = ("_line", "_remaining", "_state", "done")
-
-    _SIZE, _DATA, _DATA_CRLF, _TRAILER = range(4)
-
-    def __init__(self) -> None:
-        self._state = self._SIZE
-        self._remaining = 0
-        self._line = bytearray()
-        self.done = False
-
-    def feed(self, data: memoryview) -> tuple[list[memoryview], int]:
-        pieces: list[memoryview] = []
-        pos = 0
-        n = len(data)
-        while pos < n and not self.done:
-            if self._state == self._DATA:
-                take = min(self._remaining, n - pos)
-                pieces.append(data[pos : pos + take])
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = self._DATA_CRLF
-                continue
-            nl = bytes(data[pos : min(n, pos + 4096)]).find(b"\n")
-            if nl < 0:
-                self._line += data[pos:n]
-                if len(self._line) > 4096:
-                    raise H1Error("chunk line too long")
-                pos = n
-                break
-            self._line += data[pos : pos + nl]
-            pos += nl + 1
-            line = bytes(self._line).rstrip(b"\r")
-            self._line.clear()
-            if self._state == self._SIZE:
-                text = line.split(b";", 1)[0].strip()
-                try:
-                    size = int(text, 16)
-                except ValueError as exc:
-                    raise H1Error(f"bad chunk size {text[:20]!r}") from exc
-                if size < 0:
-                    raise H1Error("negative chunk size")
-                if size == 0:
-                    self._state = self._TRAILER
-                else:
-                    self._remaining = size
-                    self._state = self._DATA
-            elif self._state == self._DATA_CRLF:
-                if line:
-                    raise H1Error("chunk data longer than its size")
-                self._state = self._SIZE
-            elif not line:  # the trailer section ends at an empty line
-                self.done = True
-        return pieces, pos
 
 
 def split_host(authority: bytes) -> str:
@@ -705,12 +645,13 @@ class Http2Connection(asyncio.Protocol):
             data = await self._read_more(stream)
 
     async def _relay_chunked(self, st: _Stream, stream: MuxStream, first: memoryview) -> None:
-        dechunker = Dechunker()
+        dechunker = ChunkedScanner()
         view = first
         while True:
             if view:
                 try:
-                    pieces, _used = dechunker.feed(view)
+                    pieces: list[memoryview] = []
+                    dechunker.feed(view, pieces)
                 except H1Error as exc:
                     raise _Cut() from exc
                 for piece in pieces:
