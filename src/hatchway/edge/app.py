@@ -159,12 +159,9 @@ class Edge:
             s.close()
         if self._poller is not None:
             self._poller.cancel()
-        in_flight: list[asyncio.Task[None]] = []
-        for c in self._clients:
-            if isinstance(c, HttpsConnection):
-                in_flight += c.in_flight()
-            elif c._task is not None and not c._task.done():
-                in_flight.append(c._task)
+        in_flight: list[asyncio.Future[None]] = []
+        for c in list(self._clients):
+            in_flight += c.in_flight()
         if in_flight:
             await asyncio.wait(in_flight, timeout=drain)
         for c in list(self._clients):

@@ -9,14 +9,13 @@ without copying data. Request heads come from httptools in the listener. Nothing
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
+
+import httptools
 
 from hatchway.http.headers import Headers
 
 MAX_HEAD = 1 << 20  # ngrok's limit on a header block (ngrok-reference.md §11)
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_STATUS = re.compile(rb"^HTTP/(1\.[01]) ([0-9]{3})(?: (.*))?$")
 
 
 class H1Error(ValueError):
@@ -32,8 +31,32 @@ class ResponseHead:
     size: int  # bytes of the head, CRLFCRLF included
 
 
+class _HeadCollector:
+    """httptools callbacks for one response head (the head only: bodies are framed by us)."""
+
+    __slots__ = ("complete", "headers", "reason")
+
+    def __init__(self) -> None:
+        self.headers: Headers = []
+        self.reason = b""
+        self.complete = False
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
 def parse_response_head(buf: bytes | bytearray) -> ResponseHead | None:
-    """The head at the start of ``buf``, or None while incomplete. Raises ``H1Error`` when malformed."""
+    """The head at the start of ``buf``, or None while incomplete. Raises ``H1Error`` when malformed.
+
+    The end of the head is found with one C-level search; the head alone is then parsed by httptools
+    (llhttp), about 4x faster than doing it in Python, which matters once per proxied request.
+    """
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         if len(buf) > MAX_HEAD:
@@ -42,19 +65,23 @@ def parse_response_head(buf: bytes | bytearray) -> ResponseHead | None:
         if len(buf) >= 5 and not bytes(buf[:5]) == b"HTTP/":
             raise H1Error("not an HTTP response")
         return None
-    lines = bytes(buf[:end]).split(b"\r\n")
-    m = _STATUS.match(lines[0])
-    if m is None:
-        raise H1Error(f"bad status line {lines[0][:80]!r}")
-    headers: Headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise H1Error(f"bad header line {line[:80]!r}")
-        if b"\r" in value or b"\n" in value or b"\0" in value:
-            raise H1Error("bad character in a header value")
-        headers.append((name, value.strip(b" \t")))
-    return ResponseHead(m.group(1), int(m.group(2)), m.group(3) or b"", headers, end + 4)
+    if end + 4 > MAX_HEAD:
+        raise H1Error("response head too large")
+    head = bytes(buf[: end + 4])
+    cb = _HeadCollector()
+    parser = httptools.HttpResponseParser(cb)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # 101 Switching Protocols: the head is complete, what follows is the new protocol
+    except httptools.HttpParserError as exc:
+        raise H1Error(str(exc) or "invalid response head") from exc
+    if not cb.complete:
+        raise H1Error("invalid response head")
+    version = parser.get_http_version().encode()
+    if version not in (b"1.1", b"1.0"):
+        raise H1Error(f"unsupported HTTP version {version!r}")
+    return ResponseHead(version, parser.get_status_code(), cb.reason, cb.headers, end + 4)
 
 
 class Framing(enum.Enum):

@@ -176,7 +176,11 @@ class FrameDecoder:
                 raise RemoteProtocolError("DATA frame on stream 0", ErrorCode.PROTOCOL)
             self._pos = end
             return Data(
-                stream_id, bytes(buf[pos + HEADER_SIZE : end]), bool(flags & FLAG_FIN), bool(flags & FLAG_SYN)
+                stream_id,
+                # One copy (a bytearray slice then bytes() would copy twice); the view is released at once.
+                bytes(memoryview(buf)[pos + HEADER_SIZE : end]),
+                bool(flags & FLAG_FIN),
+                bool(flags & FLAG_SYN),
             )
         if ftype == FrameType.RST or ftype == FrameType.WNDINC:
             if length != 4:

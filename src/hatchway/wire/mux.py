@@ -132,8 +132,8 @@ class MuxSession:
         self._next_id = 1 if client else 0
         self._streams: dict[int, _Stream] = {}
         self._decoder = FrameDecoder()
-        self._out: list[bytes] = []
-        self._out_size = 0
+        # Frames are appended to one buffer (the only copy of a payload) and handed out whole.
+        self._out = bytearray()
         self.last_remote_id = 0
         self.goaway_sent = False
         self.goaway_received = False
@@ -156,23 +156,19 @@ class MuxSession:
 
     @property
     def bytes_to_send(self) -> int:
-        return self._out_size
+        return len(self._out)
 
     def _is_local_id(self, stream_id: int) -> bool:
         return (stream_id & 1) == (1 if self.client else 0)
 
     # ---- output --------------------------------------------------------------------------------------
     def _emit(self, chunk: bytes) -> None:
-        self._out.append(chunk)
-        self._out_size += len(chunk)
+        self._out += chunk
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self) -> bytearray:
         """Everything queued since the last call, as one buffer (one write, one TLS record run)."""
-        if not self._out:
-            return b""
-        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out = []
-        self._out_size = 0
+        out = self._out
+        self._out = bytearray()
         return out
 
     # ---- commands ------------------------------------------------------------------------------------
@@ -210,7 +206,9 @@ class MuxSession:
             size = min(max_frame, n - off)
             last = off + size == n
             flags = FLAG_FIN if (fin and last and n == total) else 0
-            self._emit(header(size, FrameType.DATA, flags, stream_id) + view[off : off + size])
+            out = self._out
+            out += header(size, FrameType.DATA, flags, stream_id)
+            out += view[off : off + size]
             off += size
         st.send_window -= n
         if fin and n == total:

@@ -115,7 +115,10 @@ class Http1Connection(asyncio.Protocol):
         self._url = bytearray()
         self._headers: hh.Headers = []
         self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None  # resolved when a request arrives
+        self._busy: asyncio.Future[None] | None = None  # resolved when the current exchange ends
         self._upgraded: Body | None = None
+        self._held = b""  # a response head waiting to go out with the first body bytes
         self._paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -160,7 +163,7 @@ class Http1Connection(asyncio.Protocol):
         if self.transport is not None and self.transport.get_extra_info("sslcontext") is not None:
             return False  # TLS has no half-close; returning True would only draw a warning
         # Keep our side open while an exchange is in flight so its response can still be written.
-        return self._task is not None and not self._task.done()
+        return self.busy
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -168,9 +171,8 @@ class Http1Connection(asyncio.Protocol):
             self._drain_waiter.set_exception(ClientGone())
         for _req, body in [*self._queue, *([self._current] if self._current else [])]:
             body.abort()
-        busy = self._task is not None and not self._task.done()
-        if busy:
-            assert self._task is not None
+        busy = self.busy
+        if self._task is not None and not self._task.done():
             self._task.cancel()
         # Mid-exchange the stream must be reset, not finished: otherwise the agent would keep writing a
         # response nobody reads, held by the window for ever.
@@ -223,6 +225,8 @@ class Http1Connection(asyncio.Protocol):
         self._queue.append((req, body))
         if self._task is None or self._task.done():
             self._task = self._loop.create_task(self._serve())
+        elif self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         if self._current is not None:
@@ -248,9 +252,18 @@ class Http1Connection(asyncio.Protocol):
         tr = self.transport
         if self.closed or tr is None or tr.is_closing():
             raise ClientGone()
+        if self._held:
+            # The response head rides with the first body bytes: one write, one syscall/TLS record.
+            data = self._held + data if data else self._held
+            self._held = b""
         tr.write(data)
 
+    def _flush_held(self) -> None:
+        if self._held:
+            self._write(b"")
+
     async def _drain(self) -> None:
+        self._flush_held()
         if self._write_paused and not self.closed:
             self._drain_waiter = self._loop.create_future()
             try:
@@ -276,17 +289,27 @@ class Http1Connection(asyncio.Protocol):
 
     # ---- the exchange loop -----------------------------------------------------------------------------
     async def _serve(self) -> None:
+        """One task per connection, waiting for each request in turn (a task per request costs more)."""
         try:
-            while self._queue and not self.closed:
+            while not self.closed:
+                if not self._queue:
+                    if self._paused:
+                        self._resume_reading()
+                    self._idle = self._loop.create_future()
+                    await self._idle
+                    continue
                 req, body = self._queue.popleft()
-                keep = await self._exchange(req, body)
+                self._busy = self._loop.create_future()
+                try:
+                    keep = await self._exchange(req, body)
+                finally:
+                    if not self._busy.done():
+                        self._busy.set_result(None)
                 if not keep:
                     self._drop_stream(graceful=True)
                     if self.transport is not None:
                         self.transport.close()
                     return
-                if self._paused and not self._queue:
-                    self._resume_reading()
         except ClientGone:
             self._drop_stream(graceful=False)
         except asyncio.CancelledError:
@@ -298,6 +321,15 @@ class Http1Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
+    @property
+    def busy(self) -> bool:
+        """An exchange is in flight (a response is being relayed)."""
+        return self._busy is not None and not self._busy.done()
+
+    def in_flight(self) -> list[asyncio.Future[None]]:
+        """What a draining edge waits for: the exchange in progress, if any."""
+        return [self._busy] if self._busy is not None and not self._busy.done() else []
+
     async def _send_error(self, err: errors.EdgeError, req: Request, body: Body) -> bool:
         close = not req.keep_alive or not body.eof or req.upgrade
         self._write(
@@ -308,6 +340,7 @@ class Http1Connection(asyncio.Protocol):
 
     async def _exchange(self, req: Request, body: Body) -> bool:
         """Proxy one request; True when the client connection may carry another."""
+        self._held = b""
         if not req.host:
             return await self._send_error(errors.bad_request("missing Host header"), req, body)
         ep = self.registry.route(self.scheme, req.host)
@@ -424,8 +457,9 @@ class Http1Connection(asyncio.Protocol):
             await self._splice_upgraded(stream)
             return False
         close_after = not req.keep_alive or req.upgrade or (framing is Framing.CLOSE and req.version != "1.1")
-        self._write(client_head(ep, req, rhead, framing, sent_host, close=close_after))
+        self._held = client_head(ep, req, rhead, framing, sent_host, close=close_after)
         reusable = await self._relay_body(stream, framing, length, rest)
+        self._flush_held()
         if not reusable or hh.connection_tokens(rhead.headers) & {b"close"}:
             self._drop_stream(graceful=True)
         if not body.eof:
@@ -471,6 +505,7 @@ class Http1Connection(asyncio.Protocol):
                 self._write(encode_chunk(bytes(data)))
             if self._write_paused:
                 await self._drain()
+            self._flush_held()
             try:
                 data = await stream.read()
             except (StreamResetError, SessionClosedError):
@@ -480,6 +515,7 @@ class Http1Connection(asyncio.Protocol):
                 return False
 
     async def _read_body(self, stream: MuxStream) -> bytes:
+        self._flush_held()
         try:
             data = await stream.read()
         except (StreamResetError, SessionClosedError):

@@ -31,14 +31,12 @@ class HttpsConnection(asyncio.Protocol):
     def transport(self) -> asyncio.BaseTransport | None:
         return self.inner.transport if self.inner is not None else None
 
-    def in_flight(self) -> list[asyncio.Task[None]]:
+    def in_flight(self) -> list[asyncio.Future[None]]:
         """Exchanges still running on this connection (the edge waits for them when it shuts down)."""
         inner = self.inner
-        if isinstance(inner, Http2Connection):
-            return inner.in_flight()
-        if inner is not None and inner._task is not None and not inner._task.done():
-            return [inner._task]
-        return []
+        if inner is None:
+            return []
+        return list(inner.in_flight())
 
     def close(self) -> None:
         """Close the connection (an HTTP/2 client gets a GOAWAY first)."""
