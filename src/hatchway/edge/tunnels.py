@@ -130,6 +130,8 @@ class AgentSession:
                 self.conn.close()
                 return
             self.auth = auth
+            if auth.extra.client_type != "hatchway":
+                self.conn.quick_ack()  # the official SDKs write with Nagle on (see MuxConnection.quick_ack)
             self.client_id = resp.client_id or auth.client_id or f"sess_{secrets.token_hex(10)}"
             resp.client_id = self.client_id
             ex = auth.extra
