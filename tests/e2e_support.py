@@ -218,6 +218,7 @@ class EchoHandler(BaseHTTPRequestHandler):
                 "path": self.path,
                 "headers": [[k, v] for k, v in self.headers.items()],
                 "body_len": len(body),
+                "peer": list(self.client_address),  # which upstream connection served it
             }
         ).encode()
         self.send_response(200)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from e2e_support import Agents, EdgeProc, curl
 
 
@@ -110,3 +112,17 @@ def test_http2_request_body_and_parallel_streams(
     rows = [line.split() for line in res.stdout.decode().splitlines()]
     assert [row[:2] for row in rows] == [["2", "200"]] * 6
     assert sum(int(row[2]) for row in rows) == 1  # all six multiplexed on one connection
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_sequential_requests_reuse_one_upstream_connection(
+    edge_proc: EdgeProc, agents: Agents, echo_app: int, http: str
+) -> None:
+    """Requests on one client connection reuse one Proxy stream, so the agent keeps one upstream
+    connection (for HTTP/2 too, where each request is its own h2 stream)."""
+    agent = agents.start("http", str(echo_app))
+    res = curl(edge_proc, agent.url + "/one", agent.url + "/two", agent.url + "/three", http=http)
+    assert res.returncode == 0, res.stderr
+    answers = [json.loads(part) for part in res.stdout.replace(b"}{", b"}\n{").splitlines()]
+    assert sorted(a["path"] for a in answers) == ["/one", "/three", "/two"]
+    assert len({tuple(a["peer"]) for a in answers}) == 1, answers

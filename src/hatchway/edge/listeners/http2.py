@@ -61,6 +61,9 @@ _DEFAULT_WINDOW = 65535
 H2Headers = list[tuple[bytes, bytes]]
 
 
+MAX_IDLE_STREAMS = 16  # kept Proxy streams per endpoint and client connection
+
+
 class _ClientGone(Exception):
     """The client reset the stream or closed the connection; the exchange stops quietly."""
 
@@ -185,11 +188,13 @@ class _Stream:
         "body",
         "complete",
         "ended",
+        "endpoint",
         "headers",
         "proxy",
         "readable",
         "replied",
         "reset",
+        "reusable",
         "sid",
         "task",
         "upstream_done",
@@ -208,6 +213,8 @@ class _Stream:
         self.readable: asyncio.Future[None] | None = None
         self.window: asyncio.Future[None] | None = None
         self.proxy: MuxStream | None = None
+        self.reusable = False  # the response ended exactly where its framing said: the stream can serve again
+        self.endpoint: Endpoint | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -231,6 +238,9 @@ class Http2Connection(asyncio.Protocol):
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
         self._streams: dict[int, _Stream] = {}
+        # Proxy streams kept after a clean response, per endpoint, so the agent reuses its upstream
+        # connection: without them every HTTP/2 request costs the agent a new dial.
+        self._idle: dict[int, list[MuxStream]] = {}
         self._flush_scheduled = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -318,6 +328,10 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        for idle in self._idle.values():
+            for proxy in idle:
+                proxy.send_eof()
+        self._idle.clear()
         for st in list(self._streams.values()):
             if st.task is not None:
                 st.task.cancel()  # its done callback resets the Proxy stream
@@ -478,7 +492,14 @@ class Http2Connection(asyncio.Protocol):
         self._streams.pop(st.sid, None)
         # The Proxy stream ends cleanly only if the agent got the whole request and we relayed the whole
         # response; otherwise the agent must drop its upstream connection.
-        self._drop_proxy(st, graceful=st.complete and st.upstream_done)
+        clean = st.complete and st.upstream_done
+        if clean and st.reusable and st.proxy is not None and not self.closed and st.endpoint is not None:
+            # Keep it for the next request to the same endpoint: the agent keeps its upstream connection.
+            idle = self._idle.setdefault(id(st.endpoint), [])
+            if len(idle) < MAX_IDLE_STREAMS:
+                idle.append(st.proxy)
+                st.proxy = None
+        self._drop_proxy(st, graceful=clean)
         if not st.complete:
             self._reset_client(st, h2.errors.ErrorCodes.CANCEL)
         elif not st.ended:
@@ -511,36 +532,58 @@ class Http2Connection(asyncio.Protocol):
             await self._respond_error(st, req, errors.offline(self.registry.url_for(self.scheme, req.host)))
             return
         head, sent_host = upstream_head(ep, req)
-        try:
-            st.proxy = await ep.session.open_proxy(
-                ep.tunnel_id, f"{self.client_ip}:{self.client_port}", self.scheme
-            )
-        except (SessionClosedError, StreamResetError):
-            await self._respond_error(st, req, errors.agent_unavailable(ep.url))
-            return
-        stream = st.proxy
-        sender: asyncio.Task[None] | None = None
-        try:
+        st.endpoint = ep
+        for attempt in (0, 1):
+            st.proxy = self._take_idle(ep)
+            reused = st.proxy is not None
+            if st.proxy is None:
+                try:
+                    st.proxy = await ep.session.open_proxy(
+                        ep.tunnel_id, f"{self.client_ip}:{self.client_port}", self.scheme
+                    )
+                except (SessionClosedError, StreamResetError):
+                    await self._respond_error(st, req, errors.agent_unavailable(ep.url))
+                    return
+            stream = st.proxy
+            sender: asyncio.Task[None] | None = None
             try:
-                await stream.write(head)
-            except (SessionClosedError, StreamResetError) as exc:
-                raise _NoResponse(refused=False, detail=str(exc)) from exc
-            if req.has_body:
-                sender = self._loop.create_task(self._send_body(st, req, stream))
-            await self._relay_response(st, ep, req, stream, sent_host)
-        except _NoResponse as exc:
-            self._drop_proxy(st, graceful=False)
-            err = (
-                errors.upstream_unreachable(ep.url)
-                if exc.refused
-                else errors.invalid_upstream_response(ep.url, exc.detail)
-            )
-            await self._respond_error(st, req, err)
-        finally:
-            if sender is not None and not sender.done():
-                sender.cancel()
-                # asyncio.wait, not ``await sender``: our own cancellation must not be swallowed here.
-                await asyncio.wait([sender])
+                try:
+                    await stream.write(head)
+                except (SessionClosedError, StreamResetError) as exc:
+                    raise _NoResponse(refused=False, detail=str(exc)) from exc
+                if req.has_body:
+                    sender = self._loop.create_task(self._send_body(st, req, stream))
+                await self._relay_response(st, ep, req, stream, sent_host)
+                return
+            except _NoResponse as exc:
+                self._drop_proxy(st, graceful=False)
+                # A kept stream whose upstream connection went away meanwhile: retry once on a fresh one
+                # (bodyless requests only: a body may already be partly consumed).
+                if reused and attempt == 0 and not req.has_body and not exc.refused and not st.replied:
+                    continue
+                err = (
+                    errors.upstream_unreachable(ep.url)
+                    if exc.refused
+                    else errors.invalid_upstream_response(ep.url, exc.detail)
+                )
+                await self._respond_error(st, req, err)
+                return
+            finally:
+                if sender is not None and not sender.done():
+                    sender.cancel()
+                    # asyncio.wait, not ``await sender``: our own cancellation must not be swallowed here.
+                    await asyncio.wait([sender])
+
+    def _take_idle(self, ep: Endpoint) -> MuxStream | None:
+        """A kept Proxy stream for ``ep`` that is still open, if any."""
+        idle = self._idle.get(id(ep))
+        while idle:
+            proxy = idle.pop()
+            alive = not ep.session.conn.is_closed and proxy.connection.session.is_open(proxy.id)
+            if alive and not proxy.at_eof() and not proxy.buffered:
+                return proxy
+            proxy.send_eof()
+        return None
 
     async def _next_body(self, st: _Stream) -> tuple[bytes, int] | None:
         while not st.body:
@@ -610,12 +653,14 @@ class Http2Connection(asyncio.Protocol):
         no_body = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
         self._send_headers(st, response_headers(ep, req, rhead, framing, sent_host), end=no_body)
         st.replied = True
+        keep = b"close" not in hh.connection_tokens(rhead.headers)
         if no_body:
+            st.reusable = keep and not first
             return
         if framing is Framing.LENGTH:
-            await self._relay_length(st, stream, length, first)
+            st.reusable = await self._relay_length(st, stream, length, first) and keep
         elif framing is Framing.CHUNKED:
-            await self._relay_chunked(st, stream, first)
+            st.reusable = await self._relay_chunked(st, stream, first) and keep
         else:
             await self._relay_until_eof(st, stream, first)
         self._end(st)
@@ -632,7 +677,8 @@ class Http2Connection(asyncio.Protocol):
             raise _Cut()  # the response was cut short after its head went out
         return data
 
-    async def _relay_length(self, st: _Stream, stream: MuxStream, length: int, first: memoryview) -> None:
+    async def _relay_length(self, st: _Stream, stream: MuxStream, length: int, first: memoryview) -> bool:
+        """Relay exactly ``length`` bytes; True when nothing came beyond them (the stream may be reused)."""
         remaining = length
         data: bytes | memoryview = first
         while True:
@@ -640,24 +686,27 @@ class Http2Connection(asyncio.Protocol):
                 take = min(len(data), remaining)
                 await self._send_data(st, data[:take])
                 remaining -= take
+                if take < len(data):
+                    return False
             if remaining == 0:
-                return
+                return True
             data = await self._read_more(stream)
 
-    async def _relay_chunked(self, st: _Stream, stream: MuxStream, first: memoryview) -> None:
+    async def _relay_chunked(self, st: _Stream, stream: MuxStream, first: memoryview) -> bool:
+        """Relay chunk data until the last chunk; True when the message ended exactly at a read's end."""
         dechunker = ChunkedScanner()
         view = first
         while True:
             if view:
                 try:
                     pieces: list[memoryview] = []
-                    dechunker.feed(view, pieces)
+                    used = dechunker.feed(view, pieces)
                 except H1Error as exc:
                     raise _Cut() from exc
                 for piece in pieces:
                     await self._send_data(st, piece)
                 if dechunker.done:
-                    return
+                    return used == len(view)
             view = memoryview(await self._read_more(stream))
 
     async def _relay_until_eof(self, st: _Stream, stream: MuxStream, first: memoryview) -> None:
