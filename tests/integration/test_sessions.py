@@ -115,7 +115,8 @@ async def test_edge_detects_a_silent_agent(edge: Edge) -> None:
     async with asyncio.timeout(3):
         await conn.wait_closed()
     elapsed = loop.time() - authed_at
-    assert 0.4 <= elapsed <= 1.5, elapsed
+    # Detected after interval + tolerance (0.5 s), with slack for a loaded CI machine.
+    assert 0.4 <= elapsed <= 0.5 + 1.5, elapsed
     assert conn.goaway is not None and conn.goaway.message == b"heartbeat timeout"
 
 
@@ -149,6 +150,6 @@ async def test_agent_detects_a_silent_edge(dev_ca: tls.KeyPair) -> None:
             await agent.conn.wait_closed()
         elapsed = loop.time() - start
         assert agent.latency is None
-        assert 0.45 <= elapsed <= 0.2 + 0.3 + 0.6, elapsed
+        assert 0.45 <= elapsed <= 0.2 + 0.3 + 1.5, elapsed
     finally:
         server.close()
