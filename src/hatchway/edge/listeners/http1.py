@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from typing import cast
 
@@ -34,6 +33,7 @@ from hatchway.http.h1 import (
     parse_response_head,
     response_framing,
 )
+from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
 from hatchway.wire.frames import ErrorCode
 
@@ -130,13 +130,7 @@ class Http1Connection(asyncio.Protocol):
     # ---- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        self.client_ip, self.client_port = tune(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded is not None:

@@ -20,7 +20,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterable
 from typing import cast
 
@@ -46,6 +45,7 @@ from hatchway.http.h1 import (
     parse_response_head,
     response_framing,
 )
+from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
 from hatchway.wire.frames import ErrorCode
 
@@ -249,13 +249,7 @@ class Http2Connection(asyncio.Protocol):
     # ---- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        self.client_ip, self.client_port = tune(transport)
         self.h2.initiate_connection()
         codes = h2.settings.SettingCodes
         self.h2.update_settings(
