@@ -265,3 +265,45 @@ def test_revoked_token_closes_its_session(edge_proc: EdgeProc, echo_app: int) ->
         )
     finally:
         agents.stop_all()
+
+
+def test_http10_client_gets_a_dechunked_body(edge_proc: EdgeProc, agents: Agents) -> None:
+    """An HTTP/1.0 client knows no chunked encoding: a chunked upstream response reaches it decoded,
+    ended by the edge closing the connection; an HTTP/1.1 client gets the chunks as they were."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def chunked_app() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                    b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                )
+
+    threading.Thread(target=chunked_app, daemon=True).start()
+    try:
+        agent = agents.start("http", str(port), "--scheme", "http")
+        with socket.create_connection(("127.0.0.1", edge_proc.http_port), timeout=10) as c:
+            c.sendall(f"GET / HTTP/1.0\r\nHost: {agent.host}\r\n\r\n".encode())
+            data = b""
+            while chunk := c.recv(65536):  # the edge closes at the end of the body
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"transfer-encoding" not in head.lower()
+        assert body == b"hello world"
+        res = curl(edge_proc, agent.url + "/", "-i", "--raw")
+        head, _, body = res.stdout.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert body == b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    finally:
+        srv.close()

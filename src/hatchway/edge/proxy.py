@@ -93,8 +93,9 @@ def client_head(
         if loc is not None:
             new = hh.rewrite_location(loc, sent_host, ep.url.encode())
             headers = [(k, new if k.lower() == b"location" else v) for k, v in headers]
-    if framing is Framing.CHUNKED or (framing is Framing.CLOSE and req.version == "1.1"):
+    if req.version == "1.1" and framing in (Framing.CHUNKED, Framing.CLOSE):
         headers.append((b"Transfer-Encoding", b"chunked"))
+    # An HTTP/1.0 client knows no chunked encoding: it gets the decoded body, ended by closing.
     if not upgrade:
         if close:
             headers.append((b"Connection", b"close"))

@@ -450,9 +450,10 @@ class Http1Connection(asyncio.Protocol):
                 self._write(rest)
             await self._splice_upgraded(stream)
             return False
-        close_after = not req.keep_alive or req.upgrade or (framing is Framing.CLOSE and req.version != "1.1")
+        unframed_for_client = req.version != "1.1" and framing in (Framing.CLOSE, Framing.CHUNKED)
+        close_after = not req.keep_alive or req.upgrade or unframed_for_client
         self._held = client_head(ep, req, rhead, framing, sent_host, close=close_after)
-        reusable = await self._relay_body(stream, framing, length, rest)
+        reusable = await self._relay_body(stream, framing, length, rest, dechunk=req.version != "1.1")
         self._flush_held()
         if not reusable or hh.connection_tokens(rhead.headers) & {b"close"}:
             self._drop_stream(graceful=True)
@@ -461,8 +462,14 @@ class Http1Connection(asyncio.Protocol):
             return False
         return not close_after
 
-    async def _relay_body(self, stream: MuxStream, framing: Framing, length: int, first: memoryview) -> bool:
-        """Copy the response body to the client; True when the stream ended cleanly and can be reused."""
+    async def _relay_body(
+        self, stream: MuxStream, framing: Framing, length: int, first: memoryview, dechunk: bool = False
+    ) -> bool:
+        """Copy the response body to the client; True when the stream ended cleanly and can be reused.
+
+        Chunked bodies pass through as they are, except to HTTP/1.0 clients (``dechunk``), which get the
+        chunk data alone and a closed connection at the end.
+        """
         if framing is Framing.NONE:
             return not first
         if framing is Framing.LENGTH:
@@ -485,8 +492,14 @@ class Http1Connection(asyncio.Protocol):
             data = first
             while True:
                 if data:
-                    used = scanner.feed(data)
-                    self._write(data[:used])
+                    if dechunk:
+                        pieces: list[memoryview] = []
+                        used = scanner.feed(data, pieces)
+                        for piece in pieces:
+                            self._write(piece)
+                    else:
+                        used = scanner.feed(data)
+                        self._write(data[:used])
                     if scanner.done:
                         return used == len(data)
                 if self._write_paused:
@@ -496,7 +509,7 @@ class Http1Connection(asyncio.Protocol):
         data = first
         while True:
             if data:
-                self._write(encode_chunk(bytes(data)))
+                self._write(bytes(data) if dechunk else encode_chunk(bytes(data)))
             if self._write_paused:
                 await self._drain()
             self._flush_held()
@@ -505,7 +518,8 @@ class Http1Connection(asyncio.Protocol):
             except (StreamResetError, SessionClosedError):
                 raise ClientGone() from None
             if not data:
-                self._write(LAST_CHUNK)
+                if not dechunk:
+                    self._write(LAST_CHUNK)
                 return False
 
     async def _read_body(self, stream: MuxStream) -> bytes:
