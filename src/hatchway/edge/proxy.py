@@ -72,30 +72,37 @@ def client_head(
     close: bool,
 ) -> bytes:
     """The response head for an HTTP/1.x client. ``framing`` is how the upstream delimited the body;
-    a close-delimited body is re-framed as chunked for HTTP/1.1 clients (the listener encodes it)."""
+    a close-delimited body is re-framed as chunked for HTTP/1.1 clients (the listener encodes it), and
+    an HTTP/1.0 client gets chunked bodies decoded, ended by closing.
+
+    One pass over the upstream's headers drops hop-by-hop ones (and those named in Connection), the
+    upstream's ``ngrok-error-code``, the endpoint's removals, and rewrites Location when Host was
+    rewritten: this runs once per proxied response.
+    """
     upgrade = head.status == 101
-    headers = hh.strip_error_code(hh.strip_hop_by_hop(head.headers, upgrade=upgrade))
-    if ep.response_remove:
-        headers = hh.remove(headers, ep.response_remove)
+    names = head.lower or [k.lower() for k, _ in head.headers]
+    named = head.connection - {b"upgrade", b"close", b"keep-alive"}
+    removed = ep.response_remove
+    # When Host was rewritten, a Location pointing at the upstream's host goes back to the public one.
+    public_host = hh.get(req.headers, b"host") or req.host.encode()
+    rewrite = bool(sent_host) and sent_host.lower() != public_host.lower()
+    headers: hh.Headers = []
+    for (k, v), lk in zip(head.headers, names, strict=True):
+        if lk in hh.HOP_BY_HOP or lk in named:
+            if upgrade and lk == b"upgrade":
+                headers.append((k, v))
+            continue
+        if lk == hh.ERROR_CODE_HEADER or lk in removed:
+            continue
+        if rewrite and lk == b"location":
+            v = hh.rewrite_location(v, sent_host, ep.url.encode())
+        headers.append((k, v))
+    if upgrade:
+        headers.append((b"Connection", b"upgrade"))
     if ep.response_add:
         headers = hh.add(headers, ep.response_add)
-    public_host = req.host.encode()
-    if (
-        sent_host
-        and sent_host.lower()
-        != hh.get(
-            req.headers,
-            b"host",
-        )
-        and sent_host.lower() != public_host
-    ):
-        loc = hh.get(headers, b"location")
-        if loc is not None:
-            new = hh.rewrite_location(loc, sent_host, ep.url.encode())
-            headers = [(k, new if k.lower() == b"location" else v) for k, v in headers]
     if req.version == "1.1" and framing in (Framing.CHUNKED, Framing.CLOSE):
         headers.append((b"Transfer-Encoding", b"chunked"))
-    # An HTTP/1.0 client knows no chunked encoding: it gets the decoded body, ended by closing.
     if not upgrade:
         if close:
             headers.append((b"Connection", b"close"))

@@ -9,7 +9,7 @@ without copying data. Request heads come from httptools in the listener. Nothing
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httptools
 
@@ -29,15 +29,20 @@ class ResponseHead:
     reason: bytes
     headers: Headers
     size: int  # bytes of the head, CRLFCRLF included
+    # Gathered while parsing, so the proxy's hot path walks the headers once:
+    lower: list[bytes] = field(default_factory=list)  # lowercased names, aligned with ``headers``
+    connection: frozenset[bytes] = frozenset()  # tokens of the Connection headers, lowercased
 
 
 class _HeadCollector:
     """httptools callbacks for one response head (the head only: bodies are framed by us)."""
 
-    __slots__ = ("complete", "headers", "reason")
+    __slots__ = ("complete", "connection", "headers", "lower", "reason")
 
     def __init__(self) -> None:
         self.headers: Headers = []
+        self.lower: list[bytes] = []
+        self.connection: set[bytes] = set()
         self.reason = b""
         self.complete = False
 
@@ -45,7 +50,12 @@ class _HeadCollector:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value.strip(b" \t")))
+        value = value.strip(b" \t")
+        lname = name.lower()
+        self.headers.append((name, value))
+        self.lower.append(lname)
+        if lname == b"connection":
+            self.connection.update(t.strip().lower() for t in value.split(b",") if t.strip())
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -81,7 +91,9 @@ def parse_response_head(buf: bytes | bytearray) -> ResponseHead | None:
     version = parser.get_http_version().encode()
     if version not in (b"1.1", b"1.0"):
         raise H1Error(f"unsupported HTTP version {version!r}")
-    return ResponseHead(version, parser.get_status_code(), cb.reason, cb.headers, end + 4)
+    return ResponseHead(
+        version, parser.get_status_code(), cb.reason, cb.headers, end + 4, cb.lower, frozenset(cb.connection)
+    )
 
 
 class Framing(enum.Enum):
@@ -95,13 +107,14 @@ def response_framing(head: ResponseHead, request_method: bytes) -> tuple[Framing
     """How the body of this response is delimited (RFC 9112 §6.3): ``(framing, content_length)``."""
     if request_method == b"HEAD" or 100 <= head.status < 200 or head.status in (204, 304):
         return Framing.NONE, 0
-    te = [v for k, v in head.headers if k.lower() == b"transfer-encoding"]
+    names = head.lower or [k.lower() for k, _ in head.headers]
+    te = [v for (_, v), n in zip(head.headers, names, strict=True) if n == b"transfer-encoding"]
     if te:
         codings = [c.strip().lower() for v in te for c in v.split(b",") if c.strip()]
         if codings and codings[-1] == b"chunked":
             return Framing.CHUNKED, 0
         return Framing.CLOSE, 0
-    lengths = {v.strip() for k, v in head.headers if k.lower() == b"content-length"}
+    lengths = {v.strip() for (_, v), n in zip(head.headers, names, strict=True) if n == b"content-length"}
     if lengths:
         if len(lengths) != 1:
             raise H1Error("conflicting Content-Length headers")

@@ -455,7 +455,7 @@ class Http1Connection(asyncio.Protocol):
         self._held = client_head(ep, req, rhead, framing, sent_host, close=close_after)
         reusable = await self._relay_body(stream, framing, length, rest, dechunk=req.version != "1.1")
         self._flush_held()
-        if not reusable or hh.connection_tokens(rhead.headers) & {b"close"}:
+        if not reusable or rhead.connection & {b"close"}:
             self._drop_stream(graceful=True)
         if not body.eof:
             # The upstream answered before the whole request body arrived: this connection is out of sync.

@@ -647,7 +647,7 @@ class Http2Connection(asyncio.Protocol):
         no_body = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
         self._send_headers(st, response_headers(ep, req, rhead, framing, sent_host), end=no_body)
         st.replied = True
-        keep = b"close" not in hh.connection_tokens(rhead.headers)
+        keep = b"close" not in rhead.connection
         if no_body:
             st.reusable = keep and not first
             return
