@@ -31,6 +31,8 @@ class Request:
     upgrade: bool = False
     chunked: bool = False  # the body arrives chunked and must be re-framed upstream
     has_body: bool = False
+    lower: list[bytes] = field(default_factory=list)  # lowercased names aligned with ``headers``, if known
+    connection: frozenset[bytes] | None = None  # Connection header tokens, if known
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -46,12 +48,46 @@ def origin_form(target: bytes) -> bytes:
 
 
 def upstream_head(ep: Endpoint, req: Request) -> tuple[bytes, bytes]:
-    """The request head for the Proxy stream and the Host it carries (for the Location rewrite)."""
-    host_value = hh.get(req.headers, b"host") or req.host.encode()
-    headers = hh.strip_hop_by_hop(req.headers, upgrade=req.upgrade)
-    if ep.request_remove:
-        headers = hh.remove(headers, ep.request_remove)
-    headers = hh.add_forwarded(headers, req.client_ip, req.scheme, host_value)
+    """The request head for the Proxy stream and the Host it carries (for the Location rewrite).
+
+    One pass over the client's headers: hop-by-hop ones (and those named in Connection) and the
+    endpoint's removals are dropped, earlier ``X-Forwarded-For/Proto`` values are gathered so ours can be
+    appended (ngrok appends; apps read the last value), and a client's ``X-Forwarded-Host`` is kept.
+    """
+    names = req.lower or [k.lower() for k, _ in req.headers]
+    tokens = req.connection if req.connection is not None else hh.connection_tokens(req.headers)
+    named = tokens - {b"upgrade", b"close", b"keep-alive"}
+    removed = ep.request_remove
+    host_value = b""
+    xff: list[bytes] = []
+    xfp: list[bytes] = []
+    has_xfh = False
+    headers: hh.Headers = []
+    for (k, v), lk in zip(req.headers, names, strict=True):
+        if lk == b"host" and not host_value:
+            host_value = v
+        if lk in hh.HOP_BY_HOP or lk in named:
+            if req.upgrade and lk == b"upgrade":
+                headers.append((k, v))
+            continue
+        if lk in removed:
+            continue
+        if lk == b"x-forwarded-for":
+            xff.append(v)
+        elif lk == b"x-forwarded-proto":
+            xfp.append(v)
+        else:
+            has_xfh = has_xfh or lk == b"x-forwarded-host"
+            headers.append((k, v))
+    host_value = host_value or req.host.encode()
+    if req.upgrade:
+        headers.append((b"Connection", b"upgrade"))
+    xff.append(req.client_ip.encode())
+    xfp.append(req.scheme.encode())
+    headers.append((b"X-Forwarded-For", b", ".join(xff)))
+    headers.append((b"X-Forwarded-Proto", b", ".join(xfp)))
+    if not has_xfh:
+        headers.append((b"X-Forwarded-Host", host_value))
     if ep.rewrite_host:
         headers = hh.set_host(headers, ep.rewrite_host)
     if ep.request_add:

@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 BODY_HIGH_WATER = 1 << 20  # pause reading a client whose body is not being consumed past this
 
 
+# Request headers the listener reads for its own decisions (first value kept).
+_NOTED = frozenset({b"host", b"transfer-encoding", b"content-length", b"connection"})
+
+
 class ClientGone(Exception):
     """The client closed or reset its connection; the exchange stops quietly."""
 
@@ -114,6 +118,9 @@ class Http1Connection(asyncio.Protocol):
         self._current: tuple[Request, Body] | None = None
         self._url = bytearray()
         self._headers: hh.Headers = []
+        self._lower: list[bytes] = []
+        self._noted: dict[bytes, bytes] = {}
+        self._connection: set[bytes] = set()
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[None] | None = None  # resolved when a request arrives
         self._busy: asyncio.Future[None] | None = None  # resolved when the current exchange ends
@@ -185,20 +192,30 @@ class Http1Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = bytearray()
         self._headers = []
+        self._lower = []
+        self._noted = {}  # first value of the few headers the edge reads itself
+        self._connection = set()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
         self._headers.append((name, value))
+        self._lower.append(lname)
+        if lname in _NOTED:
+            self._noted.setdefault(lname, value)
+            if lname == b"connection":
+                self._connection.update(t.strip().lower() for t in value.split(b",") if t.strip())
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        host_value = hh.get(self._headers, b"host") or b""
+        noted = self._noted
+        host_value = noted.get(b"host", b"")
         host = (
             host_value.decode("latin-1").rsplit(":", 1)[0] if b"]" not in host_value else host_value.decode()
         )
-        te = hh.get(self._headers, b"transfer-encoding")
+        te = noted.get(b"transfer-encoding")
         req = Request(
             method=p.get_method(),
             target=bytes(self._url),
@@ -211,8 +228,9 @@ class Http1Connection(asyncio.Protocol):
             keep_alive=p.should_keep_alive(),
             upgrade=p.should_upgrade(),
             chunked=te is not None and b"chunked" in te.lower(),
-            has_body=te is not None
-            or (hh.get(self._headers, b"content-length") or b"0").strip() not in (b"0", b""),
+            has_body=te is not None or noted.get(b"content-length", b"0").strip() not in (b"0", b""),
+            lower=self._lower,
+            connection=frozenset(self._connection),
         )
         body = Body(self)
         self._current = (req, body)
