@@ -19,7 +19,7 @@ edge_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, help=
 edge_app.add_typer(token_app, name="token", help="Create, list and revoke authtokens.")
 edge_app.add_typer(domain_app, name="domain", help="Reserve custom and wildcard domains.")
 
-_KEYS = {"data_dir", "base_domain", "http_addr", "https_addr", "tunnel_addr", "ssh_addr"}
+_KEYS = {"data_dir", "base_domain", "http_addr", "https_addr", "tunnel_addr", "ssh_addr", "idle_timeout"}
 
 
 def load_edge_config(path: Path | None, **flags: object) -> EdgeConfig:
@@ -41,7 +41,15 @@ def load_edge_config(path: Path | None, **flags: object) -> EdgeConfig:
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = EdgeConfig()
     for key, value in values.items():
-        setattr(cfg, key, Path(str(value)).expanduser() if key == "data_dir" else str(value))
+        if key == "data_dir":
+            cfg.data_dir = Path(str(value)).expanduser()
+        elif key == "idle_timeout":
+            try:
+                cfg.idle_timeout = float(str(value))
+            except ValueError as exc:
+                raise typer.BadParameter(f"idle_timeout: not a number of seconds: {value!r}") from exc
+        else:
+            setattr(cfg, key, str(value))
     return cfg
 
 
@@ -58,6 +66,9 @@ def edge(
     https_addr: Annotated[str | None, typer.Option(help="HTTPS listener (default 127.0.0.1:8443).")] = None,
     tunnel_addr: Annotated[str | None, typer.Option(help="Agent listener (default 127.0.0.1:4443).")] = None,
     ssh_addr: Annotated[str | None, typer.Option(help="SSH listener (default 127.0.0.1:2222).")] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Close idle client connections (s, 300).")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Edge config file (YAML).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warn, error.")] = "info",
 ) -> None:
@@ -72,6 +83,7 @@ def edge(
         https_addr=https_addr,
         tunnel_addr=tunnel_addr,
         ssh_addr=ssh_addr,
+        idle_timeout=idle_timeout,
     )
     logging.basicConfig(
         level=getattr(logging, log_level.upper().replace("WARN", "WARNING"), logging.INFO),

@@ -46,6 +46,8 @@ class EdgeConfig:
     public_http_port: int | None = None
     public_https_port: int | None = None
     extra_tokens: set[str] = field(default_factory=set)
+    # Client connections with no request in flight are closed after this long without a byte (ngrok: 5 min).
+    idle_timeout: float = 300.0
 
 
 class Edge:
@@ -65,6 +67,7 @@ class Edge:
         self._clients: set[Http1Connection | HttpsConnection] = set()
         self.addresses: dict[str, tuple[str, int]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._revision = -1
 
     # ---- store glue ----------------------------------------------------------------------------------
@@ -98,6 +101,18 @@ class Edge:
                     session.go_away("authtoken revoked")
                     session.close()
 
+    async def _sweep_idle(self) -> None:
+        """Close client connections idle past ``idle_timeout`` (one sweep, not a timer per connection)."""
+        limit = self.config.idle_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.05, min(30.0, limit / 4)))
+            now = loop.time()
+            for c in list(self._clients):
+                last = c.last_active
+                if last is not None and now - last > limit and not c.in_flight():
+                    c.close()
+
     # ---- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,6 +134,7 @@ class Edge:
         if self.store is not None:
             self._revision = self.store.revision()
             self._poller = asyncio.ensure_future(self._watch_store())
+        self._sweeper = asyncio.ensure_future(self._sweep_idle())
         self._write_discovery()
 
     def _write_discovery(self) -> None:
@@ -159,6 +175,8 @@ class Edge:
             s.close()
         if self._poller is not None:
             self._poller.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         in_flight: list[asyncio.Future[None]] = []
         for c in list(self._clients):
             in_flight += c.in_flight()

@@ -130,6 +130,7 @@ class Http1Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.last_active = self._loop.time()  # for the edge's idle timeout
         # The Proxy stream this connection uses and the endpoint it belongs to (reused for keep-alive).
         self._stream: MuxStream | None = None
         self._stream_ep: Endpoint | None = None
@@ -140,6 +141,7 @@ class Http1Connection(asyncio.Protocol):
         self.client_ip, self.client_port = tune(transport)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
         if self._upgraded is not None:
             self._upgraded.feed(data)
             return
@@ -332,6 +334,10 @@ class Http1Connection(asyncio.Protocol):
             self._drop_stream(graceful=False)
             if self.transport is not None:
                 self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     @property
     def busy(self) -> bool:

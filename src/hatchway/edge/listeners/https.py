@@ -38,6 +38,11 @@ class HttpsConnection(asyncio.Protocol):
             return []
         return list(inner.in_flight())
 
+    @property
+    def last_active(self) -> float | None:
+        """When the client last sent bytes (None before the TLS handshake finished)."""
+        return self.inner.last_active if self.inner is not None else None
+
     def close(self) -> None:
         """Close the connection (an HTTP/2 client gets a GOAWAY first)."""
         inner = self.inner
