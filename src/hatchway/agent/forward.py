@@ -37,7 +37,7 @@ from hatchway.agent.fileserver import serve_files
 from hatchway.agent.h2c import serve_h2c
 from hatchway.agent.session import ProxyHandler
 from hatchway.agent.spec import Upstream
-from hatchway.errors import SessionClosedError, StreamResetError
+from hatchway.errors import LocalProtocolError, SessionClosedError, StreamResetError
 from hatchway.net.transport import MuxStream
 from hatchway.wire import messages as m
 from hatchway.wire.frames import ErrorCode
@@ -65,6 +65,10 @@ class _Upstream(asyncio.Protocol):
         self._writing_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        # Fast path: while nothing is queued and the pump is not mid-write, upstream bytes go straight
+        # into the stream's send window from this callback (no task wake-up per response).
+        self.stream: MuxStream | None = None
+        self.pumping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -75,6 +79,15 @@ class _Upstream(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None and not self._chunks and not self.pumping:
+            try:
+                sent = stream.write_nowait(data)
+            except (SessionClosedError, StreamResetError, LocalProtocolError):
+                sent = 0  # the pump meets the same error and ends the splice
+            if sent == len(data):
+                return
+            data = data[sent:]
         self._chunks.append(data)
         self._size += len(data)
         if self._size >= HIGH_WATER and not self._reading_paused:
@@ -164,9 +177,19 @@ async def splice(stream: MuxStream, first: bytes, dial: Dial) -> None:
 
 
 async def _to_upstream(stream: MuxStream, first: bytes, pipe: _Upstream, tr: asyncio.Transport) -> None:
+    def sink(data: bytes) -> bool:
+        # Straight from the tunnel's receive path to the upstream socket, unless it is full.
+        if tr.is_closing():
+            return True  # the upstream is gone: drop, as the loop below does
+        if pipe._writing_paused:
+            return False
+        tr.write(data)
+        return True
+
     try:
         if first:
             tr.write(first)
+        stream.set_sink(sink)
         while chunk := await stream.read():
             if tr.is_closing():
                 continue  # the upstream is gone: drop the rest until the edge finishes too
@@ -176,13 +199,18 @@ async def _to_upstream(stream: MuxStream, first: bytes, pipe: _Upstream, tr: asy
             tr.write_eof()
     except (SessionClosedError, StreamResetError):
         tr.abort()
+    finally:
+        stream.set_sink(None)
 
 
 async def _to_edge(stream: MuxStream, pipe: _Upstream, tr: asyncio.Transport) -> None:
+    pipe.stream = stream
     try:
         while chunks := await pipe.take():
+            pipe.pumping = True
             for chunk in chunks:
                 await stream.write(chunk)  # waits for the stream's window: the upstream's backpressure
+            pipe.pumping = False
         if pipe.error is not None:
             logger.info("upstream connection broke: %s", pipe.error)
             stream.reset(ErrorCode.STREAM_RESET)
@@ -190,6 +218,9 @@ async def _to_edge(stream: MuxStream, pipe: _Upstream, tr: asyncio.Transport) ->
             await stream.write_eof()
     except (SessionClosedError, StreamResetError):
         tr.abort()
+    finally:
+        pipe.stream = None  # no fast-path writes once our side of the stream is finished
+        pipe.pumping = False
 
 
 def upstream_tls_context(verify: bool = False, ca_file: str | None = None) -> ssl.SSLContext:

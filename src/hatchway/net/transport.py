@@ -39,6 +39,7 @@ class MuxStream:
         "_conn",
         "_eof",
         "_read_waiter",
+        "_sink",
         "_size",
         "_window_waiter",
         "id",
@@ -55,6 +56,9 @@ class MuxStream:
         self._closed_error: Exception | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
+        # A synchronous consumer (a splice) may take data straight from the receive path; it returns
+        # False to decline (its side is full), and the data is buffered for ``read()`` as usual.
+        self._sink: Callable[[bytes], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.id} type={self.stream_type}>"
@@ -70,6 +74,10 @@ class MuxStream:
 
     # ---- driven by the connection ------------------------------------------------------------------
     def _feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None and not self._chunks and sink(data):
+            self._conn._consumed(self.id, len(data))
+            return
         self._chunks.append(data)
         self._size += len(data)
         self._wake_reader()
@@ -140,6 +148,24 @@ class MuxStream:
             if total > limit:
                 raise LocalProtocolError("stream body over limit", ErrorCode.FLOW_CONTROL)
         return b"".join(parts)
+
+    def set_sink(self, sink: Callable[[bytes], bool] | None) -> None:
+        """Deliver data to ``sink`` as it arrives while nothing is buffered (saves a task wake-up per
+        chunk); data it declines, and everything after, goes through ``read()`` in order."""
+        self._sink = sink
+
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue what fits in the send window now, without waiting; returns the bytes taken. Callers must
+        not mix it with a ``write()`` still waiting on the same stream (order would break)."""
+        if self._closed_error is not None:
+            raise self._closed_error
+        session = self._conn.session
+        if not session.is_open(self.id):
+            raise StreamResetError(f"stream {self.id} is closed", ErrorCode.STREAM_CLOSED)
+        sent = session.send_data(self.id, data)
+        if sent:
+            self._conn._schedule_flush()
+        return sent
 
     def at_eof(self) -> bool:
         return self._eof and not self._chunks
