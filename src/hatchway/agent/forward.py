@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -38,6 +37,7 @@ from hatchway.agent.h2c import serve_h2c
 from hatchway.agent.session import ProxyHandler
 from hatchway.agent.spec import Upstream
 from hatchway.errors import LocalProtocolError, SessionClosedError, StreamResetError
+from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
 from hatchway.wire import messages as m
 from hatchway.wire.frames import ErrorCode
@@ -73,10 +73,7 @@ class _Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._tls = transport.get_extra_info("sslcontext") is not None
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune(transport)  # TCP_NODELAY: a small response must not wait for a delayed ACK
 
     def data_received(self, data: bytes) -> None:
         stream = self.stream
@@ -277,8 +274,3 @@ def make_forwarder(
         await splice(stream, first, dial)
 
     return forward
-
-
-async def splice_tcp(host: str, port: int, header: m.ProxyHeader, stream: MuxStream, first: bytes) -> None:
-    """Plain TCP splice to ``host:port`` (what ``make_forwarder(Upstream("http", host, port))`` does)."""
-    await make_forwarder(Upstream("http", host, port))(header, stream, first)

@@ -98,22 +98,13 @@ def upstream_head(ep: Endpoint, req: Request) -> tuple[bytes, bytes]:
     return hh.serialize_request_head(req.method, origin_form(req.target), headers), sent_host
 
 
-def client_head(
-    ep: Endpoint,
-    req: Request,
-    head: ResponseHead,
-    framing: Framing,
-    sent_host: bytes,
-    *,
-    close: bool,
-) -> bytes:
-    """The response head for an HTTP/1.x client. ``framing`` is how the upstream delimited the body;
-    a close-delimited body is re-framed as chunked for HTTP/1.1 clients (the listener encodes it), and
-    an HTTP/1.0 client gets chunked bodies decoded, ended by closing.
+def response_headers(ep: Endpoint, req: Request, head: ResponseHead, sent_host: bytes) -> hh.Headers:
+    """The upstream's response headers as any client may see them (both listeners use this).
 
-    One pass over the upstream's headers drops hop-by-hop ones (and those named in Connection), the
-    upstream's ``ngrok-error-code``, the endpoint's removals, and rewrites Location when Host was
-    rewritten: this runs once per proxied response.
+    One pass drops hop-by-hop headers (and those named in Connection; ``Upgrade`` stays on a 101), the
+    upstream's ``ngrok-error-code`` and the endpoint's removals, and rewrites Location when Host was
+    rewritten; then the endpoint's additions. Framing headers are the caller's. This runs once per
+    proxied response.
     """
     upgrade = head.status == 101
     names = head.lower or [k.lower() for k, _ in head.headers]
@@ -137,9 +128,25 @@ def client_head(
         headers.append((b"Connection", b"upgrade"))
     if ep.response_add:
         headers = hh.add(headers, ep.response_add)
+    return headers
+
+
+def client_head(
+    ep: Endpoint,
+    req: Request,
+    head: ResponseHead,
+    framing: Framing,
+    sent_host: bytes,
+    *,
+    close: bool,
+) -> bytes:
+    """The response head for an HTTP/1.x client. ``framing`` is how the upstream delimited the body;
+    a close-delimited body is re-framed as chunked for HTTP/1.1 clients (the listener encodes it), and
+    an HTTP/1.0 client gets chunked bodies decoded, ended by closing."""
+    headers = response_headers(ep, req, head, sent_host)
     if req.version == "1.1" and framing in (Framing.CHUNKED, Framing.CLOSE):
         headers.append((b"Transfer-Encoding", b"chunked"))
-    if not upgrade:
+    if head.status != 101:
         if close:
             headers.append((b"Connection", b"close"))
         elif req.version == "1.0":

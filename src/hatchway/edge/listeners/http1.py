@@ -22,16 +22,15 @@ import httptools
 from hatchway.edge import errors
 from hatchway.edge.proxy import Request, client_head, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
+from hatchway.edge.upstream import NoResponse, read_response_head
 from hatchway.errors import SessionClosedError, StreamResetError
 from hatchway.http import headers as hh
 from hatchway.http.h1 import (
     LAST_CHUNK,
     ChunkedScanner,
     Framing,
-    H1Error,
+    ResponseHead,
     encode_chunk,
-    parse_response_head,
-    response_framing,
 )
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
@@ -375,7 +374,7 @@ class Http1Connection(asyncio.Protocol):
                 return await self._send_error(errors.agent_unavailable(ep.url), req, body)
             try:
                 return await self._round_trip(ep, req, body, stream, head, sent_host)
-            except _NoResponse as exc:
+            except NoResponse as exc:
                 self._drop_stream(graceful=False)
                 # A kept-alive stream whose upstream went away: retry once on a fresh one, if nothing of the
                 # request body was consumed (bodyless requests only).
@@ -409,7 +408,7 @@ class Http1Connection(asyncio.Protocol):
             else:
                 await stream.write(head)
         except (SessionClosedError, StreamResetError) as exc:
-            raise _NoResponse(refused=False, detail=str(exc)) from exc
+            raise NoResponse(refused=False, detail=str(exc)) from exc
         try:
             return await self._relay_response(ep, req, body, stream, sent_host)
         finally:
@@ -433,42 +432,17 @@ class Http1Connection(asyncio.Protocol):
     async def _relay_response(
         self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, sent_host: bytes
     ) -> bool:
-        buf = bytearray()
-        got_any = False
-        while True:
-            # Parse what is buffered first: an interim response and the final head often share a read.
-            try:
-                rhead = parse_response_head(buf) if buf else None
-            except H1Error as exc:
-                raise _NoResponse(refused=False, detail=str(exc)) from exc
-            if rhead is not None:
-                if 100 <= rhead.status < 200 and rhead.status != 101:
-                    # Interim responses (100 Continue, 103 Early Hints) pass through, cleaned like finals.
-                    if req.version != "1.0":
-                        interim = hh.strip_error_code(hh.strip_hop_by_hop(rhead.headers))
-                        self._write(hh.serialize_response_head(rhead.status, rhead.reason or b"-", interim))
-                    del buf[: rhead.size]
-                    continue
-                break
-            try:
-                data = await stream.read()
-            except StreamResetError as exc:
-                refused = exc.mux_code == ErrorCode.STREAM_REFUSED and not got_any
-                raise _NoResponse(refused=refused, detail="the agent reset the stream") from exc
-            except SessionClosedError as exc:
-                raise _NoResponse(refused=False, detail="the agent disconnected") from exc
-            if not data:
-                raise _NoResponse(refused=False, detail="the upstream closed without a response")
-            got_any = True
-            buf += data
-        try:
-            framing, length = response_framing(rhead, req.method)
-        except H1Error as exc:
-            raise _NoResponse(refused=False, detail=str(exc)) from exc
+        def interim(head: ResponseHead) -> None:
+            # Interim responses (100 Continue, 103 Early Hints) pass through, cleaned like finals.
+            if req.version != "1.0":
+                cleaned = hh.strip_error_code(hh.strip_hop_by_hop(head.headers))
+                self._write(hh.serialize_response_head(head.status, head.reason or b"-", cleaned))
+
+        rhead, framing, length, buf = await read_response_head(stream, req.method, interim)
         rest = memoryview(buf)[rhead.size :]
         if rhead.status == 101:
             if not req.upgrade:
-                raise _NoResponse(refused=False, detail="101 without an upgrade request")
+                raise NoResponse(refused=False, detail="101 without an upgrade request")
             self._write(client_head(ep, req, rhead, Framing.NONE, sent_host, close=False))
             if rest:
                 self._write(rest)
@@ -571,12 +545,3 @@ class Http1Connection(asyncio.Protocol):
                 self.transport.write_eof()
             else:
                 self.transport.close()
-
-
-class _NoResponse(Exception):
-    """The upstream gave no usable response head; ``refused`` means the agent could not dial it."""
-
-    def __init__(self, *, refused: bool, detail: str) -> None:
-        super().__init__(detail)
-        self.refused = refused
-        self.detail = detail

@@ -31,8 +31,9 @@ import h2.exceptions
 import h2.settings
 
 from hatchway.edge import errors
-from hatchway.edge.proxy import Request, upstream_head
+from hatchway.edge.proxy import Request, response_headers, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
+from hatchway.edge.upstream import NoResponse, read_response_head
 from hatchway.errors import SessionClosedError, StreamResetError
 from hatchway.http import headers as hh
 from hatchway.http.h1 import (
@@ -43,7 +44,6 @@ from hatchway.http.h1 import (
     ResponseHead,
     encode_chunk,
     parse_response_head,
-    response_framing,
 )
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
@@ -66,15 +66,6 @@ MAX_IDLE_STREAMS = 16  # kept Proxy streams per endpoint and client connection
 
 class _ClientGone(Exception):
     """The client reset the stream or closed the connection; the exchange stops quietly."""
-
-
-class _NoResponse(Exception):
-    """No usable response head; ``refused`` means the agent could not dial the upstream."""
-
-    def __init__(self, *, refused: bool, detail: str) -> None:
-        super().__init__(detail)
-        self.refused = refused
-        self.detail = detail
 
 
 class _Cut(Exception):
@@ -144,26 +135,14 @@ def request_from_h2(
     )
 
 
-def response_headers(
+def h2_response_headers(
     ep: Endpoint, req: Request, head: ResponseHead, framing: Framing, sent_host: bytes
 ) -> H2Headers:
-    """The h2 header block for an upstream response, by the rules of ``proxy.client_head``: hop-by-hop
-    and ``ngrok-error-code`` stripped, endpoint add/remove, Location rewrite; names lowercased."""
-    headers = hh.strip_error_code(hh.strip_hop_by_hop(head.headers))
-    if ep.response_remove:
-        headers = hh.remove(headers, ep.response_remove)
-    if ep.response_add:
-        headers = hh.add(headers, ep.response_add)
-    if sent_host:
-        sent = sent_host.lower()
-        if sent != (hh.get(req.headers, b"host") or b"").lower() and sent != req.host.encode():
-            loc = hh.get(headers, b"location")
-            if loc is not None:
-                new = hh.rewrite_location(loc, sent_host, ep.url.encode())
-                headers = [(k, new if k.lower() == b"location" else v) for k, v in headers]
+    """The h2 header block for an upstream response: ``proxy.response_headers`` with names lowercased,
+    ``:status`` first, and no Content-Length when the body was not length-delimited upstream."""
     drop_length = framing in (Framing.CHUNKED, Framing.CLOSE)
     out: H2Headers = [(b":status", b"%d" % head.status)]
-    for k, v in headers:
+    for k, v in response_headers(ep, req, head, sent_host):
         lk = k.lower()
         if drop_length and lk == b"content-length":
             continue
@@ -546,12 +525,12 @@ class Http2Connection(asyncio.Protocol):
                 try:
                     await stream.write(head)
                 except (SessionClosedError, StreamResetError) as exc:
-                    raise _NoResponse(refused=False, detail=str(exc)) from exc
+                    raise NoResponse(refused=False, detail=str(exc)) from exc
                 if req.has_body:
                     sender = self._loop.create_task(self._send_body(st, req, stream))
                 await self._relay_response(st, ep, req, stream, sent_host)
                 return
-            except _NoResponse as exc:
+            except NoResponse as exc:
                 self._drop_proxy(st, graceful=False)
                 # A kept stream whose upstream connection went away meanwhile: retry once on a fresh one
                 # (bodyless requests only: a body may already be partly consumed).
@@ -610,44 +589,16 @@ class Http2Connection(asyncio.Protocol):
     async def _relay_response(
         self, st: _Stream, ep: Endpoint, req: Request, stream: MuxStream, sent_host: bytes
     ) -> None:
-        buf = bytearray()
-        got_any = False
-        while True:
-            try:
-                rhead = parse_response_head(buf) if buf else None
-            except H1Error as exc:
-                raise _NoResponse(refused=False, detail=str(exc)) from exc
-            if rhead is None:
-                try:
-                    data = await stream.read()
-                except StreamResetError as exc:
-                    raise _NoResponse(
-                        refused=exc.mux_code == ErrorCode.STREAM_REFUSED and not got_any,
-                        detail="the agent reset the stream",
-                    ) from exc
-                except SessionClosedError as exc:
-                    raise _NoResponse(refused=False, detail="the agent disconnected") from exc
-                if not data:
-                    raise _NoResponse(refused=False, detail="the upstream closed without a response")
-                got_any = True
-                buf += data
-                continue
-            if rhead.status == 101:
-                raise _NoResponse(refused=False, detail="101 Switching Protocols on an HTTP/2 request")
-            if 100 <= rhead.status < 200:
-                # Interim responses (100 Continue, 103 Early Hints) go out as informational HEADERS; the
-                # final head may already be in the buffer behind them.
-                self._send_headers(st, response_headers(ep, req, rhead, Framing.NONE, sent_host))
-                del buf[: rhead.size]
-                continue
-            break
-        try:
-            framing, length = response_framing(rhead, req.method)
-        except H1Error as exc:
-            raise _NoResponse(refused=False, detail=str(exc)) from exc
+        def interim(head: ResponseHead) -> None:
+            # Interim responses (100 Continue, 103 Early Hints) go out as informational HEADERS.
+            self._send_headers(st, h2_response_headers(ep, req, head, Framing.NONE, sent_host))
+
+        rhead, framing, length, buf = await read_response_head(stream, req.method, interim)
+        if rhead.status == 101:
+            raise NoResponse(refused=False, detail="101 Switching Protocols on an HTTP/2 request")
         first = memoryview(buf)[rhead.size :]
         no_body = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
-        self._send_headers(st, response_headers(ep, req, rhead, framing, sent_host), end=no_body)
+        self._send_headers(st, h2_response_headers(ep, req, rhead, framing, sent_host), end=no_body)
         st.replied = True
         keep = b"close" not in rhead.connection
         if no_body:
