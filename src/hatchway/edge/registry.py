@@ -162,7 +162,9 @@ class Registry:
         url = self.url_for(bind.proto, host)
         ep = Endpoint.build(bind.proto, host, url, tunnel_id, session, account, bind)
         self.endpoints[key] = [*current, ep]
-        logger.info("endpoint online %s (tunnel %s, account %s)", url, tunnel_id, account)
+        logger.info(
+            "endpoint online %s (tunnel %s, account %s, metadata %r)", url, tunnel_id, account, bind.extra.metadata
+        )
         return m.BindResp(
             id=tunnel_id,
             url=url,
