@@ -163,7 +163,11 @@ class Registry:
         ep = Endpoint.build(bind.proto, host, url, tunnel_id, session, account, bind)
         self.endpoints[key] = [*current, ep]
         logger.info(
-            "endpoint online %s (tunnel %s, account %s, metadata %r)", url, tunnel_id, account, bind.extra.metadata
+            "endpoint online %s (tunnel %s, account %s, metadata %r)",
+            url,
+            tunnel_id,
+            account,
+            bind.extra.metadata,
         )
         return m.BindResp(
             id=tunnel_id,
