@@ -22,6 +22,9 @@ FORBIDDEN_TOP_LEVEL = frozenset({"asyncio", "socket", "ssl", "time", "selectors"
 ALLOWED_HATCHWAY = {
     "wire": ("hatchway.errors", "hatchway.wire"),
     "http": ("hatchway.errors", "hatchway.wire", "hatchway.http"),
+    "policy": ("hatchway.errors", "hatchway.http", "hatchway.policy"),
+    "actions": ("hatchway.errors", "hatchway.http", "hatchway.policy"),
+    "webhooks": ("hatchway.errors", "hatchway.http", "hatchway.policy"),
 }
 
 
@@ -85,7 +88,11 @@ def violations(path: Path, allowed: tuple[str, ...]) -> list[str]:
 
 def sans_io_files() -> list[Path]:
     return sorted(
-        p for sub in ALLOWED_HATCHWAY if (PACKAGE / sub).is_dir() for p in (PACKAGE / sub).glob("*.py")
+        p
+        for sub in ALLOWED_HATCHWAY
+        for d in (PACKAGE / sub, PACKAGE / "policy" / sub)
+        if d.is_dir()
+        for p in d.glob("*.py")
     )
 
 
