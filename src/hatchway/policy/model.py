@@ -165,6 +165,7 @@ class Exchange:
     compress: str = ""  # the content-coding compress-response chose; the edge encodes the body
     on_complete: list[Callable[[int], None]] = field(default_factory=list)  # called with the final status
     reply: Reply | None = None  # the request phase's answer, when a terminating action gave one
+    scratch: dict[str, Any] = field(default_factory=dict)  # the engine's per-exchange caches (variables)
 
 
 class Expression(Protocol):

@@ -24,6 +24,8 @@ CATALOGUE: dict[str, tuple[str, frozenset[str]]] = {
     "circuit-breaker": ("circuit_breaker", frozenset({"on_http_request"})),
     "verify-webhook": ("verify_webhook", frozenset({"on_http_request"})),
     "log": ("log", frozenset({"on_tcp_connect", "on_http_request", "on_http_response"})),
+    # The seed's User Agent Filter module (allow/deny regex lists, 403 ERR_NGROK_3211); not an ngrok action.
+    "user-agent-filter": ("user_agent_filter", frozenset({"on_http_request"})),
     "set-vars": ("set_vars", frozenset({"on_tcp_connect", "on_http_request", "on_http_response"})),
 }
 
