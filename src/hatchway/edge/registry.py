@@ -12,12 +12,14 @@ from __future__ import annotations
 import hmac
 import logging
 import random
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hatchway.edge import domains
 from hatchway.edge.tunnels import AgentSession
+from hatchway.http.h1 import general_path_pattern
 from hatchway.http.headers import parse_header_line
 from hatchway.store.base import DomainError
 from hatchway.wire import messages as m
@@ -46,6 +48,10 @@ class Endpoint:
     response_add: list[tuple[bytes, bytes]] = field(default_factory=list)
     response_remove: set[bytes] = field(default_factory=set)
     rewrite_host: bytes = b""  # Host sent upstream when --host-header=rewrite
+    # For the listeners' fast path (``h1.passthrough_head``): response heads that need the general path,
+    # and the response header additions as ready lines (None: additions the fast path cannot make).
+    fast_pattern: re.Pattern[bytes] = field(default_factory=general_path_pattern)
+    fast_add: bytes | None = b""
 
     @property
     def online(self) -> bool:
@@ -74,6 +80,11 @@ class Endpoint:
             ep.response_remove = {h.strip().lower().encode("latin-1") for h in opts.response_headers.remove}
         if opts.host_header_rewrite and bind.forwards_to and "://" not in bind.forwards_to:
             ep.rewrite_host = bind.forwards_to.encode("latin-1")
+        ep.fast_pattern = general_path_pattern(frozenset(ep.response_remove))
+        if any(k == b"host" for k, _ in ep.response_add):
+            ep.fast_add = None
+        else:
+            ep.fast_add = b"".join(k + b": " + v + b"\r\n" for k, v in ep.response_add)
         return ep
 
 

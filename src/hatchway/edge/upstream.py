@@ -26,12 +26,13 @@ class NoResponse(Exception):
 
 
 async def read_response_head(
-    stream: MuxStream, method: bytes, on_interim: Callable[[ResponseHead], None]
+    stream: MuxStream, method: bytes, on_interim: Callable[[ResponseHead], None], prefix: bytes = b""
 ) -> tuple[ResponseHead, Framing, int, bytearray]:
     """The final response head, its framing and length, and the buffer (head included: body bytes start
-    at ``head.size``). A 101 is returned like a final head; the caller decides whether it may stand."""
-    buf = bytearray()
-    got_any = False
+    at ``head.size``). A 101 is returned like a final head; the caller decides whether it may stand.
+    ``prefix`` holds bytes of the response already taken from the stream (by a fast path that gave up)."""
+    buf = bytearray(prefix)
+    got_any = bool(prefix)
     while True:
         # Parse what is buffered first: an interim response and the final head often share a read.
         try:

@@ -9,11 +9,13 @@ without copying data. Request heads come from httptools in the listener. Nothing
 from __future__ import annotations
 
 import enum
+import functools
+import re
 from dataclasses import dataclass, field
 
 import httptools
 
-from hatchway.http.headers import Headers
+from hatchway.http.headers import ERROR_CODE_HEADER, HOP_BY_HOP, Headers
 
 MAX_HEAD = 1 << 20  # ngrok's limit on a header block (ngrok-reference.md §11)
 
@@ -198,3 +200,70 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+class _Validate:
+    """No callbacks: httptools then only checks the syntax, in C, without calling back into Python."""
+
+    __slots__ = ()
+
+
+# Headers that make a response need the general path (framing, hop-by-hop, our own error header).
+_GENERAL_PATH_NAMES = (HOP_BY_HOP - {b"connection"}) | {ERROR_CODE_HEADER}
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_CONNECTION = b"\r\nconnection:"
+
+
+@functools.lru_cache(maxsize=256)
+def general_path_pattern(extra: frozenset[bytes] = frozenset()) -> re.Pattern[bytes]:
+    """One regex finding any header line that needs the general path (one C scan, not one per name);
+    ``extra`` adds lowercase names, such as an endpoint's response header removals."""
+    names = sorted(_GENERAL_PATH_NAMES | extra)
+    return re.compile(b"\r\n(?:" + b"|".join(re.escape(n) for n in names) + b")[ \t]*:")
+
+
+def passthrough_head(
+    head: bytes, pattern: re.Pattern[bytes] | None = None, add: bytes = b""
+) -> tuple[bytes, int] | None:
+    """The upstream's response ``head`` (CRLFCRLF included) as a keep-alive HTTP/1.1 client may get it,
+    and its Content-Length; None when the general path (``parse_response_head`` and friends) must run.
+
+    This is the edge's fast path for the commonest response: HTTP/1.1, a final status with a body of
+    known length, no hop-by-hop header but ``Connection: keep-alive`` (which is cut out), no
+    ``ngrok-error-code``. The head is checked by httptools without callbacks and then passed on as the
+    upstream wrote it, instead of being split into headers and put together again (about 6 µs less per
+    response). ``pattern`` (from ``general_path_pattern``) finds the header lines that need the general
+    path; ``add`` is appended as ready header lines.
+    """
+    if not head.startswith(b"HTTP/1.1 ") or not head[9:12].isdigit():
+        return None
+    status = int(head[9:12])
+    if status < 200 or status == 204 or status == 304:
+        return None
+    low = head.lower()
+    # Bare CR or LF, or obs-folded lines, are left to the general path's stricter reading.
+    crlf = low.count(b"\r\n")
+    if crlf != low.count(b"\n") or crlf != low.count(b"\r") or b"\r\n " in low or b"\r\n\t" in low:
+        return None
+    if (pattern or general_path_pattern()).search(low) is not None:
+        return None
+    i = low.find(_CONTENT_LENGTH)
+    if i < 0:
+        return None
+    j = low.find(b"\r\n", i + 2)
+    value = low[i + len(_CONTENT_LENGTH) : j].strip(b" \t")
+    if not value.isdigit() or low.find(_CONTENT_LENGTH, j) >= 0:
+        return None
+    try:
+        httptools.HttpResponseParser(_Validate()).feed_data(head)
+    except httptools.HttpParserError:
+        return None
+    c = low.find(_CONNECTION)
+    if c >= 0:
+        e = low.find(b"\r\n", c + 2)
+        if low[c + len(_CONNECTION) : e].strip(b" \t") != b"keep-alive" or low.find(_CONNECTION, e) >= 0:
+            return None
+        head = head[:c] + head[e:]
+    if add:
+        head = head[:-2] + add + b"\r\n"
+    return head, int(value)

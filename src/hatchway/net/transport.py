@@ -40,6 +40,7 @@ class MuxStream:
         "_eof",
         "_read_waiter",
         "_sink",
+        "_sink_end",
         "_size",
         "_window_waiter",
         "id",
@@ -59,6 +60,7 @@ class MuxStream:
         # A synchronous consumer (a splice) may take data straight from the receive path; it returns
         # False to decline (its side is full), and the data is buffered for ``read()`` as usual.
         self._sink: Callable[[bytes], bool] | None = None
+        self._sink_end: Callable[[], None] | None = None  # told of EOF or reset while a sink is set
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.id} type={self.stream_type}>"
@@ -85,6 +87,7 @@ class MuxStream:
     def _feed_eof(self) -> None:
         self._eof = True
         self._wake_reader()
+        self._end_sink()
 
     def _abort(self, exc: Exception) -> None:
         if self._closed_error is None:
@@ -93,6 +96,13 @@ class MuxStream:
         self._size = 0
         self._wake_reader()
         self._wake_writer()
+        self._end_sink()
+
+    def _end_sink(self) -> None:
+        end = self._sink_end
+        if end is not None and self._sink is not None:
+            self._sink = self._sink_end = None
+            end()
 
     def _wake_reader(self) -> None:
         w = self._read_waiter
@@ -149,10 +159,15 @@ class MuxStream:
                 raise LocalProtocolError("stream body over limit", ErrorCode.FLOW_CONTROL)
         return b"".join(parts)
 
-    def set_sink(self, sink: Callable[[bytes], bool] | None) -> None:
+    def set_sink(
+        self, sink: Callable[[bytes], bool] | None, on_end: Callable[[], None] | None = None
+    ) -> None:
         """Deliver data to ``sink`` as it arrives while nothing is buffered (saves a task wake-up per
-        chunk); data it declines, and everything after, goes through ``read()`` in order."""
+        chunk); data it declines, and everything after, goes through ``read()`` in order. ``on_end`` is
+        called once (and the sink dropped) if the stream ends or is reset while the sink is set, for a
+        consumer that has no task waiting in ``read()``."""
         self._sink = sink
+        self._sink_end = on_end if sink is not None else None
 
     def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Queue what fits in the send window now, without waiting; returns the bytes taken. Callers must
@@ -301,9 +316,9 @@ class MuxConnection(asyncio.Protocol):
             elif isinstance(ev, mux.StreamEnded):
                 st = streams.get(ev.stream_id)
                 if st is not None:
-                    st._feed_eof()
+                    st._feed_eof()  # may run a sink's end callback, which may reset and forget the stream
                     if not self.session.is_open(st.id):
-                        del streams[st.id]
+                        streams.pop(st.id, None)
             elif isinstance(ev, mux.StreamReset):
                 st = streams.pop(ev.stream_id, None)
                 if st is not None:

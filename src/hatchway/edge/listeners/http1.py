@@ -6,6 +6,15 @@ reused for keep-alive requests to the same endpoint, so the agent keeps one upst
 client. Bodies stream both ways under backpressure: a slow client holds the stream's window, which holds
 the agent. This module owns the client socket; header decisions come from ``edge/proxy.py``. It never
 buffers a whole body and never lets one client's failure touch the tunnel.
+
+Two paths run an exchange. The general one is a task per connection (``_serve``) that handles
+everything: bodies, upgrades, errors, retries, backpressure. The fast one covers the commonest case, a
+bodyless keep-alive request on a connection whose Proxy stream is open, with a response whose head
+``h1.passthrough_head`` accepts: it runs from callbacks alone (the request head is written from the
+parser callback, the response is relayed from the tunnel's receive callback), with no task wake-up and
+no header rebuild, which is most of the edge's cost per small request. Whenever the fast path meets
+anything else it hands the exchange, bytes already taken included, to the general path (``_Fast`` is
+put at the front of the queue and ``_serve`` resumes it), so both give the same answers.
 """
 
 from __future__ import annotations
@@ -27,10 +36,13 @@ from hatchway.errors import SessionClosedError, StreamResetError
 from hatchway.http import headers as hh
 from hatchway.http.h1 import (
     LAST_CHUNK,
+    MAX_HEAD,
     ChunkedScanner,
     Framing,
     ResponseHead,
     encode_chunk,
+    general_path_pattern,
+    passthrough_head,
 )
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
@@ -101,6 +113,23 @@ class Body:
         return chunk
 
 
+class _Fast:
+    """A fast-path exchange in flight, or one handed to the general path (``remaining`` < 0: the
+    response head has not been passed on yet and ``buf`` holds what arrived of it; otherwise ``buf``
+    holds body bytes not yet written and ``remaining`` counts the body bytes still due)."""
+
+    __slots__ = ("buf", "ep", "remaining", "req", "sent_host", "stream", "waiter")
+
+    def __init__(self, req: Request, ep: Endpoint, stream: MuxStream, sent_host: bytes) -> None:
+        self.req = req
+        self.ep = ep
+        self.stream = stream
+        self.sent_host = sent_host
+        self.buf = b""
+        self.remaining = -1
+        self.waiter: asyncio.Future[None] | None = None  # created only when a draining edge asks
+
+
 class Http1Connection(asyncio.Protocol):
     """One client connection on the HTTP or HTTPS listener."""
 
@@ -113,7 +142,7 @@ class Http1Connection(asyncio.Protocol):
         self.client_ip = ""
         self.client_port = 0
         self._parser = httptools.HttpRequestParser(self)
-        self._queue: collections.deque[tuple[Request, Body]] = collections.deque()
+        self._queue: collections.deque[tuple[Request, Body, _Fast | None]] = collections.deque()
         self._current: tuple[Request, Body] | None = None
         self._url = bytearray()
         self._headers: hh.Headers = []
@@ -133,6 +162,7 @@ class Http1Connection(asyncio.Protocol):
         # The Proxy stream this connection uses and the endpoint it belongs to (reused for keep-alive).
         self._stream: MuxStream | None = None
         self._stream_ep: Endpoint | None = None
+        self._fast: _Fast | None = None
 
     # ---- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -171,9 +201,14 @@ class Http1Connection(asyncio.Protocol):
         self.closed = True
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ClientGone())
-        for _req, body in [*self._queue, *([self._current] if self._current else [])]:
+        for _req, body, _resume in self._queue:
             body.abort()
+        if self._current is not None:
+            self._current[1].abort()
         busy = self.busy
+        fast, self._fast = self._fast, None
+        if fast is not None and fast.waiter is not None and not fast.waiter.done():
+            fast.waiter.set_result(None)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         # Mid-exchange the stream must be reset, not finished: otherwise the agent would keep writing a
@@ -233,9 +268,27 @@ class Http1Connection(asyncio.Protocol):
             lower=self._lower,
             connection=frozenset(self._connection),
         )
+        if (
+            not req.has_body
+            and not req.upgrade
+            and req.method != b"HEAD"  # its response announces a length it never sends
+            and req.keep_alive
+            and req.version == "1.1"
+            and self._fast is None
+            and not self._queue
+            and not self.busy
+            and self._fast_start(req)
+        ):
+            return
         body = Body(self)
         self._current = (req, body)
-        self._queue.append((req, body))
+        self._queue.append((req, body, None))
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make the general path look at the queue (unless a fast exchange must finish first)."""
+        if self._fast is not None:
+            return
         if self._task is None or self._task.done():
             self._task = self._loop.create_task(self._serve())
         elif self._idle is not None and not self._idle.done():
@@ -249,6 +302,116 @@ class Http1Connection(asyncio.Protocol):
         if self._current is not None and not self._current[0].upgrade:
             self._current[1].feed_eof()
             self._current = None
+
+    # ---- the fast path (see the module docstring) ------------------------------------------------------
+    def _fast_start(self, req: Request) -> bool:
+        """Send a bodyless request on the open Proxy stream from this callback; False: use the queue."""
+        st = self._stream
+        if st is None or not req.host:
+            return False
+        ep = self.registry.route(self.scheme, req.host)
+        if ep is None or ep is not self._stream_ep or ep.fast_add is None or st.at_eof():
+            return False
+        conn = ep.session.conn
+        if conn.is_closed:
+            return False
+        head, sent_host = upstream_head(ep, req)
+        # The whole head must fit the window now, or order could break against a later write.
+        if conn.session.send_window(st.id) < len(head):
+            return False
+        try:
+            st.write_nowait(head)
+        except (SessionClosedError, StreamResetError):
+            return False
+        self._fast = _Fast(req, ep, st, sent_host)
+        st.set_sink(self._fast_data, self._fast_end)
+        return True
+
+    def _fast_data(self, data: bytes) -> bool:
+        """Response bytes from the tunnel's receive callback. Never raises: the tunnel must not feel it."""
+        fast = self._fast
+        if fast is None:
+            return False
+        try:
+            if fast.remaining < 0:
+                self._fast_head(fast, fast.buf + data if fast.buf else data)
+            elif len(data) > fast.remaining or self._write_paused:
+                # More than announced, or a client that cannot keep up: the general path deals with it.
+                fast.buf = data
+                self._fast_handover(fast)
+            else:
+                self._write(data)
+                fast.remaining -= len(data)
+                if fast.remaining == 0:
+                    self._fast_done(fast)
+        except ClientGone:
+            self._fast = None
+            self._drop_stream(graceful=False)
+        except Exception:
+            logger.exception("edge fast path failed")
+            self._fast = None
+            self._drop_stream(graceful=False)
+            if self.transport is not None:
+                self.transport.abort()
+        return True
+
+    def _fast_head(self, fast: _Fast, buf: bytes) -> None:
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            fast.buf = buf
+            if len(buf) > MAX_HEAD:
+                self._fast_handover(fast)
+            return
+        ep, req = fast.ep, fast.req
+        pattern = ep.fast_pattern
+        if (ep.rewrite_host or ep.request_add) and fast.sent_host.lower() != (
+            hh.get(req.headers, b"host") or b""
+        ).lower():
+            # Host was rewritten: a Location header needs the general path's rewrite.
+            pattern = general_path_pattern(frozenset({*ep.response_remove, b"location"}))
+        out = passthrough_head(buf[: end + 4], pattern, ep.fast_add or b"")
+        body_len = len(buf) - end - 4
+        if out is None or body_len > out[1]:
+            fast.buf = buf
+            self._fast_handover(fast)
+            return
+        head, length = out
+        self._write(head + buf[end + 4 :] if body_len else head)
+        fast.buf = b""
+        fast.remaining = length - body_len
+        if fast.remaining == 0:
+            self._fast_done(fast)
+
+    def _fast_end(self) -> None:
+        """The stream ended or was reset during a fast exchange."""
+        fast = self._fast
+        if fast is None:
+            return
+        if fast.remaining < 0:
+            self._fast_handover(fast)  # no response yet: the general path reports it (or retries)
+            return
+        # The body was cut short after its head went out: the client must see a broken connection.
+        self._fast = None
+        self._drop_stream(graceful=False)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fast_done(self, fast: _Fast) -> None:
+        self._fast = None
+        fast.stream.set_sink(None)
+        if fast.waiter is not None and not fast.waiter.done():
+            fast.waiter.set_result(None)
+        if self._queue:
+            self._kick()
+
+    def _fast_handover(self, fast: _Fast) -> None:
+        """Give the exchange to the general path, which resumes it where the fast path stopped."""
+        fast.stream.set_sink(None)
+        self._fast = None
+        body = Body(self)
+        body.feed_eof()
+        self._queue.appendleft((fast.req, body, fast))
+        self._kick()
 
     # ---- flow control helpers -----------------------------------------------------------------------------
     def _pause_reading(self) -> None:
@@ -311,13 +474,15 @@ class Http1Connection(asyncio.Protocol):
                     self._idle = self._loop.create_future()
                     await self._idle
                     continue
-                req, body = self._queue.popleft()
+                req, body, resume = self._queue.popleft()
                 self._busy = self._loop.create_future()
                 try:
-                    keep = await self._exchange(req, body)
+                    keep = await self._exchange(req, body, resume)
                 finally:
                     if not self._busy.done():
                         self._busy.set_result(None)
+                    if resume is not None and resume.waiter is not None and not resume.waiter.done():
+                        resume.waiter.set_result(None)
                 if not keep:
                     self._drop_stream(graceful=True)
                     if self.transport is not None:
@@ -341,11 +506,23 @@ class Http1Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """An exchange is in flight (a response is being relayed)."""
-        return self._busy is not None and not self._busy.done()
+        return (
+            self._fast is not None
+            or (self._busy is not None and not self._busy.done())
+            or (bool(self._queue) and self._queue[0][2] is not None)
+        )
 
     def in_flight(self) -> list[asyncio.Future[None]]:
         """What a draining edge waits for: the exchange in progress, if any."""
-        return [self._busy] if self._busy is not None and not self._busy.done() else []
+        waiting: list[asyncio.Future[None]] = []
+        fast = self._fast or (self._queue[0][2] if self._queue else None)
+        if fast is not None:
+            if fast.waiter is None:
+                fast.waiter = self._loop.create_future()
+            waiting.append(fast.waiter)
+        if self._busy is not None and not self._busy.done():
+            waiting.append(self._busy)
+        return waiting
 
     async def _send_error(self, err: errors.EdgeError, req: Request, body: Body) -> bool:
         close = not req.keep_alive or not body.eof or req.upgrade
@@ -355,9 +532,14 @@ class Http1Connection(asyncio.Protocol):
         await self._drain()
         return not close
 
-    async def _exchange(self, req: Request, body: Body) -> bool:
-        """Proxy one request; True when the client connection may carry another."""
+    async def _exchange(self, req: Request, body: Body, resume: _Fast | None = None) -> bool:
+        """Proxy one request; True when the client connection may carry another. ``resume``: a fast-path
+        exchange to finish (its request is already on the stream)."""
         self._held = b""
+        if resume is not None:
+            if resume.remaining >= 0:
+                return await self._finish_fast_body(resume)
+            return await self._exchange_on(resume.ep, req, body, resume.sent_host, b"", resume)
         if not req.host:
             return await self._send_error(errors.bad_request("missing Host header"), req, body)
         ep = self.registry.route(self.scheme, req.host)
@@ -366,12 +548,28 @@ class Http1Connection(asyncio.Protocol):
                 errors.offline(self.registry.url_for(self.scheme, req.host)), req, body
             )
         head, sent_host = upstream_head(ep, req)
+        return await self._exchange_on(ep, req, body, sent_host, head, None)
+
+    async def _exchange_on(
+        self, ep: Endpoint, req: Request, body: Body, sent_host: bytes, head: bytes, resume: _Fast | None
+    ) -> bool:
         for attempt in (0, 1):
             reused = self._stream is not None and self._stream_ep is ep
             try:
+                if resume is not None and attempt == 0:
+                    # The fast path sent the request and may have taken part of the response already.
+                    stream = resume.stream
+                    return await self._relay_response(ep, req, body, stream, sent_host, resume.buf)
+                if not head:
+                    head, sent_host = upstream_head(ep, req)
                 stream = await self._acquire(ep)
             except (SessionClosedError, StreamResetError):
                 return await self._send_error(errors.agent_unavailable(ep.url), req, body)
+            except NoResponse as exc:
+                self._drop_stream(graceful=False)
+                if not req.has_body and not exc.refused:
+                    continue  # the kept-alive stream's upstream went away: retry once on a fresh one
+                return await self._send_error(self._no_response_error(ep, exc), req, body)
             try:
                 return await self._round_trip(ep, req, body, stream, head, sent_host)
             except NoResponse as exc:
@@ -380,13 +578,21 @@ class Http1Connection(asyncio.Protocol):
                 # request body was consumed (bodyless requests only).
                 if reused and attempt == 0 and not req.has_body and not exc.refused:
                     continue
-                err = (
-                    errors.upstream_unreachable(ep.url)
-                    if exc.refused
-                    else errors.invalid_upstream_response(ep.url, exc.detail)
-                )
-                return await self._send_error(err, req, body)
+                return await self._send_error(self._no_response_error(ep, exc), req, body)
         return False  # pragma: no cover - the loop always returns
+
+    @staticmethod
+    def _no_response_error(ep: Endpoint, exc: NoResponse) -> errors.EdgeError:
+        if exc.refused:
+            return errors.upstream_unreachable(ep.url)
+        return errors.invalid_upstream_response(ep.url, exc.detail)
+
+    async def _finish_fast_body(self, fast: _Fast) -> bool:
+        """The rest of a fast exchange's body, whose head already went out."""
+        reusable = await self._relay_body(fast.stream, Framing.LENGTH, fast.remaining, memoryview(fast.buf))
+        if not reusable:
+            self._drop_stream(graceful=True)
+        return True
 
     async def _acquire(self, ep: Endpoint) -> MuxStream:
         st = self._stream
@@ -430,7 +636,7 @@ class Http1Connection(asyncio.Protocol):
             stream.reset(ErrorCode.STREAM_CANCELLED)
 
     async def _relay_response(
-        self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, sent_host: bytes
+        self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, sent_host: bytes, prefix: bytes = b""
     ) -> bool:
         def interim(head: ResponseHead) -> None:
             # Interim responses (100 Continue, 103 Early Hints) pass through, cleaned like finals.
@@ -438,7 +644,7 @@ class Http1Connection(asyncio.Protocol):
                 cleaned = hh.strip_error_code(hh.strip_hop_by_hop(head.headers))
                 self._write(hh.serialize_response_head(head.status, head.reason or b"-", cleaned))
 
-        rhead, framing, length, buf = await read_response_head(stream, req.method, interim)
+        rhead, framing, length, buf = await read_response_head(stream, req.method, interim, prefix)
         rest = memoryview(buf)[rhead.size :]
         if rhead.status == 101:
             if not req.upgrade:
