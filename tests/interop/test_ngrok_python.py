@@ -160,30 +160,34 @@ async def test_ip_literal_server_addr_uses_the_ip_san(edge: Edge) -> None:
 
 
 async def test_every_http_option_arrives_decoded(edge: Edge) -> None:
-    """The builder's middleware options land in ``Opts`` and decode into the typed HttpEndpoint."""
+    """The builder's middleware options land in ``Opts`` and decode into the typed HttpEndpoint.
+
+    OAuth and mutual TLS are among them, which this edge refuses at Bind (ERR_NGROK_9027) rather than
+    publish an endpoint without the protection asked for: the SDK must report that refusal."""
     sess = await _builder(edge).connect()
     try:
-        await (
-            sess.http_endpoint()
-            .domain("py-options.example.test")
-            .basic_auth("alice", "s3cr3tpassw0rd")
-            .allow_cidr("0.0.0.0/0")
-            .deny_cidr("10.1.1.1/32")
-            .compression()
-            .circuit_breaker(0.5)
-            .request_header("X-Probe", "yes")
-            .remove_response_header("Server")
-            .allow_user_agent("^curl")
-            .deny_user_agent("bot")
-            .oauth("google", allow_emails=["a@example.com"])
-            .webhook_verification("github", "whsecret")
-            .websocket_tcp_conversion()
-            .mutual_tlsca(bytearray(edge.ca_pem))
-            .proxy_proto("1")
-            .traffic_policy('{"on_http_request":[{"actions":[{"type":"deny"}]}]}')
-            .metadata("opts-meta")
-            .listen()
-        )
+        with pytest.raises(ValueError, match="ERR_NGROK_9027"):
+            await (
+                sess.http_endpoint()
+                .domain("py-options.example.test")
+                .basic_auth("alice", "s3cr3tpassw0rd")
+                .allow_cidr("0.0.0.0/0")
+                .deny_cidr("10.1.1.1/32")
+                .compression()
+                .circuit_breaker(0.5)
+                .request_header("X-Probe", "yes")
+                .remove_response_header("Server")
+                .allow_user_agent("^curl")
+                .deny_user_agent("bot")
+                .oauth("google", allow_emails=["a@example.com"])
+                .webhook_verification("github", "whsecret")
+                .websocket_tcp_conversion()
+                .mutual_tlsca(bytearray(edge.ca_pem))
+                .proxy_proto("1")
+                .traffic_policy('{"on_http_request":[{"actions":[{"type":"deny"}]}]}')
+                .metadata("opts-meta")
+                .listen()
+            )
         opts = edge.registry.binds[-1].http_opts()
         assert opts.basic_auth is not None and opts.basic_auth.credentials[0].username == "alice"
         assert opts.basic_auth.credentials[0].cleartext_password == "s3cr3tpassw0rd"

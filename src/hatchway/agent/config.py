@@ -9,7 +9,10 @@ Rules:
   certificate paths). Never open sockets, start endpoints, write files or print; callers decide what
   to show. ``default_config_path()`` is the only reader of the environment.
 - Do not repeat ``EndpointSpec``'s checks: ``EndpointSpec.validate`` runs on every endpoint and its field
-  names are translated back to the config key the value came from.
+  names are translated back to the config key the value came from. That includes the Traffic Policy,
+  compiled there with the edge's compiler: ``tunnels.web.traffic_policy.on_http_request[0].actions[0].type``
+  for a policy written in the file, ``endpoints[0].traffic_policy_file: on_http_request[0]...`` for one
+  read from another file.
 - Do not edit what ``yaml.safe_load`` returned; merging builds new mappings.
 
 Strictness: unknown keys are errors (with a "did you mean"), and so is a key given twice in one
@@ -372,7 +375,7 @@ _SETTINGS: _Table = {
 }
 
 _CIDRS: _Table = {"allow_cidrs": _F("cidrs", "cidr_allow"), "deny_cidrs": _F("cidrs", "cidr_deny")}
-_NOT_YET = "is not supported by this agent yet"
+_WEBHOOK: _Table = {"provider": _F("str", "verify_webhook"), "secret": _F("str", "verify_webhook_secret")}
 _FOR_NOW = "are not supported by this agent for now"
 _HTTP_TUNNEL: _Table = {
     "proto": _F("skip"),
@@ -388,16 +391,28 @@ _HTTP_TUNNEL: _Table = {
     "inspect": _F("bool", "inspect"),
     "host_header": _F("str", "host_header"),
     "basic_auth": _F("strs", "basic_auth"),
+    # OAuth, OIDC, mutual TLS and the WebSocket-TCP converter are passed on as the CLI and SDK pass them:
+    # the edge decides what it enforces, and refuses what it cannot (ERR_NGROK_9027) when they start.
     "oauth": {
         "provider": _F("str", "oauth_provider"),
         "allow_emails": _F("strs", "oauth_allow_emails"),
         "allow_domains": _F("strs", "oauth_allow_domains"),
-        "scopes": _F("unsupported", note=f"OAuth scopes {_NOT_YET}"),
-        "client_id": _F("unsupported", note=f"your own OAuth app {_NOT_YET}"),
-        "client_secret": _F("unsupported", note=f"your own OAuth app {_NOT_YET}"),
+        "scopes": _F("strs", "oauth_scopes"),
+        "client_id": _F("str", "oauth_client_id"),
+        "client_secret": _F("str", "oauth_client_secret"),
     },
-    "oidc": _F("unsupported", note=f"OpenID Connect {_NOT_YET}"),
+    "oidc": {
+        "issuer_url": _F("str", "oidc_issuer_url"),
+        "client_id": _F("str", "oidc_client_id"),
+        "client_secret": _F("str", "oidc_client_secret"),
+        "scopes": _F("strs", "oidc_scopes"),
+        "allow_emails": _F("strs", "oidc_allow_emails"),
+        "allow_domains": _F("strs", "oidc_allow_domains"),
+    },
     "ip_restriction": _CIDRS,
+    # The CLI's spellings (--cidr-allow/--cidr-deny), accepted in files too; they set the same lists.
+    "cidr_allow": _F("cidrs", "cidr_allow"),
+    "cidr_deny": _F("cidrs", "cidr_deny"),
     "circuit_breaker": _F("num", "circuit_breaker"),
     "compression": _F("bool", "compression"),
     "mutual_tls_cas": _F("path", "mutual_tls_cas"),
@@ -406,10 +421,12 @@ _HTTP_TUNNEL: _Table = {
     "response_header": _header_table("response_header"),
     "response_headers": _header_table("response_header"),
     "user_agent_filter": {"allow": _F("strs", "ua_filter_allow"), "deny": _F("strs", "ua_filter_deny")},
-    "verify_webhook": {"provider": _F("str", "verify_webhook"), "secret": _F("str", "verify_webhook_secret")},
+    "verify_webhook": _WEBHOOK,
+    "webhook_verification": _WEBHOOK,  # the module's name in ngrok's SDKs and Bind (WebhookVerification)
     "websocket_tcp_converter": _F("bool", "websocket_tcp_converter"),
     "proxy_proto": _F("proto", "proxy_proto"),
     "traffic_policy": _F("policy", "traffic_policy"),
+    "traffic_policy_file": _F("policy_file", "traffic_policy"),
     "policy": _F("policy", "traffic_policy", note="policy is deprecated; use traffic_policy"),
     "upstream_protocol": _F("choice", "upstream_protocol", _PROTOCOLS),
     "app_protocol": _F(
@@ -843,11 +860,28 @@ class _Build:
         """
         reported = {p for p, _ in self.found[mark:]}
         for error in spec.validate(""):
-            attr = error.field_path.partition("[")[0]
+            attr, rest = _split_field(error.field_path)
             where = seen.get(attr) or defaults.get(attr) or (*base, attr)
-            full = (*where, *(int(i) for i in re.findall(r"\[(\d+)\]", error.field_path)))
+            message = error.message
+            if rest and where[-1] == "traffic_policy_file":
+                # A problem inside a policy file has no path in this file: name the key, then the
+                # problem's place in the policy (as `hatchway http --traffic-policy-file` does).
+                full, message = where, f"{_fmt(rest)}: {message}"
+            else:
+                full = (*where, *rest)
             if not any(full[:n] in reported for n in range(len(base) + 1, len(full) + 1)):
-                self.err(full, error.message)
+                self.err(full, message)
+
+
+def _split_field(field_path: str) -> tuple[str, FieldPath]:
+    """Split a spec field path: ``traffic_policy.on_http_request[1].type`` gives the attribute
+    ``"traffic_policy"`` and the rest ``("on_http_request", 1, "type")``."""
+    m = re.match(r"[A-Za-z0-9_]*", field_path)
+    attr = m.group(0) if m else ""
+    rest: list[str | int] = []
+    for name, index in re.findall(r"\.([^.\[\]]+)|\[(\d+)\]", field_path[len(attr) :]):
+        rest.append(int(index) if index else name)
+    return attr, tuple(rest)
 
 
 def _is_cidr(text: str) -> bool:

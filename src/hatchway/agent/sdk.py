@@ -4,6 +4,14 @@ Sessions run on one background event loop (a daemon thread), as ngrok-python run
 the SDK works the same from synchronous code (calls block and return results) and from async code
 (calls return awaitables). This module translates options; the protocol and reconnects live in
 ``runner.py`` and below.
+
+Options keep ngrok-python's names, for ``forward(**options)`` (``allow_cidr``/``ip_restriction_allow_cidrs``,
+``verify_webhook_provider``, ``traffic_policy``, ...; dotted names such as ``"oauth.provider"`` too) and for
+``HttpListenerBuilder`` methods (``.allow_cidr()``, ``.webhook_verification()``, ``.oauth()``, ...). Every
+spec is validated before connecting, so a bad value or a broken Traffic Policy raises ``ValueError`` naming
+the option (and the policy path) without touching the network; what the edge refuses at Bind raises
+``ValueError`` with its ``ERR_NGROK_*`` code, as ngrok-python does. Must not: print, or hide an edge's
+refusal behind a generic message.
 """
 
 from __future__ import annotations
@@ -12,8 +20,9 @@ import asyncio
 import atexit
 import concurrent.futures
 import os
+import re
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from hatchway.agent.discovery import find_dev_edge
@@ -135,9 +144,95 @@ class HttpListenerBuilder:
         self._spec.response_header_remove.append(name)
         return self
 
+    def allow_cidr(self, cidr: str) -> HttpListenerBuilder:
+        self._spec.cidr_allow.append(cidr)
+        return self
+
+    def deny_cidr(self, cidr: str) -> HttpListenerBuilder:
+        self._spec.cidr_deny.append(cidr)
+        return self
+
+    def compression(self) -> HttpListenerBuilder:
+        self._spec.compression = True
+        return self
+
+    def circuit_breaker(self, circuit_breaker: float) -> HttpListenerBuilder:
+        self._spec.circuit_breaker = _ratio(circuit_breaker, "circuit_breaker")
+        return self
+
+    def allow_user_agent(self, regex: str) -> HttpListenerBuilder:
+        self._spec.ua_filter_allow.append(regex)
+        return self
+
+    def deny_user_agent(self, regex: str) -> HttpListenerBuilder:
+        self._spec.ua_filter_deny.append(regex)
+        return self
+
+    def webhook_verification(self, provider: str, secret: str) -> HttpListenerBuilder:
+        self._spec.verify_webhook = provider
+        self._spec.verify_webhook_secret = secret
+        return self
+
+    def websocket_tcp_conversion(self) -> HttpListenerBuilder:
+        self._spec.websocket_tcp_converter = True
+        return self
+
+    def oauth(
+        self,
+        provider: str,
+        allow_emails: list[str] | None = None,
+        allow_domains: list[str] | None = None,
+        scopes: list[str] | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+    ) -> HttpListenerBuilder:
+        spec = self._spec
+        spec.oauth_provider = provider
+        spec.oauth_allow_emails = _as_list(allow_emails)
+        spec.oauth_allow_domains = _as_list(allow_domains)
+        spec.oauth_scopes = _as_list(scopes)
+        spec.oauth_client_id = client_id or ""
+        spec.oauth_client_secret = client_secret or ""
+        return self
+
+    def oidc(
+        self,
+        issuer_url: str,
+        client_id: str,
+        client_secret: str,
+        allow_emails: list[str] | None = None,
+        allow_domains: list[str] | None = None,
+        scopes: list[str] | None = None,
+    ) -> HttpListenerBuilder:
+        spec = self._spec
+        spec.oidc_issuer_url = issuer_url
+        spec.oidc_client_id = client_id
+        spec.oidc_client_secret = client_secret
+        spec.oidc_allow_emails = _as_list(allow_emails)
+        spec.oidc_allow_domains = _as_list(allow_domains)
+        spec.oidc_scopes = _as_list(scopes)
+        return self
+
+    def mutual_tlsca(self, mutual_tlsca: bytes | bytearray | str) -> HttpListenerBuilder:
+        """Require client certificates signed by the CAs in this PEM bundle (the bytes, not a path)."""
+        self._spec.mutual_tls_ca_pem += _pem_bytes(mutual_tlsca)
+        return self
+
+    def proxy_proto(self, proxy_proto: str) -> HttpListenerBuilder:
+        self._spec.proxy_proto = str(proxy_proto)
+        return self
+
+    def pooling_enabled(self, pooling_enabled: bool = True) -> HttpListenerBuilder:
+        self._spec.pooling_enabled = pooling_enabled
+        return self
+
     def traffic_policy(self, policy: str) -> HttpListenerBuilder:
         self._spec.traffic_policy = policy
         return self
+
+    def policy(self, policy: str) -> HttpListenerBuilder:
+        """ngrok-python's name before ``traffic_policy``."""
+        return self.traffic_policy(policy)
 
     def app_protocol(self, protocol: str) -> HttpListenerBuilder:
         self._spec.upstream_protocol = protocol
@@ -161,13 +256,11 @@ class Session:
         return HttpListenerBuilder(self)
 
     def _listen(self, spec: EndpointSpec) -> Any:
-        problems = [p for p in spec.validate() if p.field_path != "addr" or spec.addr]
-        if problems:
-            raise ValueError("; ".join(str(p) for p in problems))
+        _check(spec, builder=True)
 
         async def go() -> Listener:
             agent = Agent(self._options)
-            (ep,) = await agent.start([spec])
+            (ep,) = await _start(agent, spec)
             listener_session = Session.__new__(Session)
             listener_session._options = self._options
             listener_session._agent = agent
@@ -252,26 +345,122 @@ _LIST_OPTIONS = {
     "response_header_remove",
     "allow_cidr",
     "deny_cidr",
+    "ip_restriction_allow_cidrs",
+    "ip_restriction_deny_cidrs",
     "allow_user_agent",
     "deny_user_agent",
     "oauth_allow_emails",
     "oauth_allow_domains",
+    "oauth_scopes",
+    "oidc_allow_emails",
+    "oidc_allow_domains",
+    "oidc_scopes",
     "schemes",
+}
+
+# Session-level options, read by forward() itself.
+_SESSION_OPTIONS = (
+    "authtoken",
+    "authtoken_from_env",
+    "server_addr",
+    "root_cas",
+    "session_ca_cert",
+    "session_metadata",
+)
+
+# EndpointSpec field -> the option name a forward() caller used, for error messages.
+_OPTION_FOR = {
+    "cidr_allow": "allow_cidr",
+    "cidr_deny": "deny_cidr",
+    "ua_filter_allow": "allow_user_agent",
+    "ua_filter_deny": "deny_user_agent",
+    "verify_webhook": "verify_webhook_provider",
+    "upstream_protocol": "app_protocol",
+    "mutual_tls_ca_pem": "mutual_tls_cas",
+}
+# The same for HttpListenerBuilder methods.
+_METHOD_FOR = {
+    "basic_auth": "basic_auth()",
+    "cidr_allow": "allow_cidr()",
+    "cidr_deny": "deny_cidr()",
+    "ua_filter_allow": "allow_user_agent()",
+    "ua_filter_deny": "deny_user_agent()",
+    "request_header_add": "request_header()",
+    "response_header_add": "response_header()",
+    "circuit_breaker": "circuit_breaker()",
+    "verify_webhook": "webhook_verification()",
+    "verify_webhook_secret": "webhook_verification()",
+    "traffic_policy": "traffic_policy()",
+    "upstream_protocol": "app_protocol()",
+    "schemes": "scheme()",
 }
 
 
 def _as_list(value: object) -> list[str]:
     if value is None:
         return []
+    if isinstance(value, str | bytes | bytearray):
+        return [value.decode() if isinstance(value, bytes | bytearray) else value]
+    if isinstance(value, Iterable):
+        return [str(v) for v in value]
+    raise TypeError(f"expected a string or a list of strings, got {type(value).__name__}")
+
+
+def _pem_bytes(value: object) -> bytes:
     if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]  # type: ignore[attr-defined]
+        return value.encode()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise TypeError(f"mutual_tls_cas: expected PEM bytes or text, got {type(value).__name__}")
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def _ratio(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: expected a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _check(spec: EndpointSpec, *, builder: bool = False) -> None:
+    """Raise ``ValueError`` listing every problem, each under the name the caller used for it."""
+    names = _METHOD_FOR if builder else _OPTION_FOR
+    lines = []
+    for problem in spec.validate():
+        if builder and problem.field_path == "addr" and not spec.addr:
+            continue  # listen() binds with no upstream yet
+        head = re.match(r"[a-z_]*", problem.field_path)
+        attr = head.group(0) if head else ""
+        where = names.get(attr, attr) + problem.field_path[len(attr) :]
+        lines.append(f"{where}: {problem.message}" if where else problem.message)
+    if lines:
+        raise ValueError("; ".join(lines))
+
+
+async def _start(agent: Agent, spec: EndpointSpec) -> list[Endpoint]:
+    """Bind ``spec``; an edge's refusal raises ``ValueError`` as ngrok-python's does, with the code."""
+    try:
+        return await agent.start([spec])
+    except RpcError as exc:
+        # ngrok-python's shape: ValueError(what failed, the edge's message, its code).
+        raise ValueError("failed to start endpoint", exc.message, exc.ngrok_code) from exc
 
 
 def _spec_from_options(addr: object, options: dict[str, Any]) -> EndpointSpec:
-    o: dict[str, Any] = {k: (_as_list(v) if k in _LIST_OPTIONS else v) for k, v in options.items()}
+    # ngrok-python turns "oauth.provider" into "oauth_provider" (the config file's nesting as a name).
+    o: dict[str, Any] = {}
+    for raw_key, value in options.items():
+        key = raw_key.replace(".", "_")
+        if value is None:  # ngrok-python drops None options
+            continue
+        o[key] = _as_list(value) if key in _LIST_OPTIONS else value
     spec = EndpointSpec(addr=str(addr if addr is not None else 80))
     spec.domain = str(o.pop("domain", "") or o.pop("hostname", "") or "")
+    o.pop("hostname", None)
     spec.url = str(o.pop("url", "") or "")
     spec.schemes = [s.lower() for s in o.pop("schemes", [])] or ["https"]
     spec.metadata = str(o.pop("metadata", "") or "")
@@ -280,32 +469,41 @@ def _spec_from_options(addr: object, options: dict[str, Any]) -> EndpointSpec:
     spec.request_header_remove = o.pop("request_header_remove", [])
     spec.response_header_add = o.pop("response_header_add", [])
     spec.response_header_remove = o.pop("response_header_remove", [])
-    spec.cidr_allow = o.pop("allow_cidr", [])
-    spec.cidr_deny = o.pop("deny_cidr", [])
+    spec.cidr_allow = o.pop("allow_cidr", []) + o.pop("ip_restriction_allow_cidrs", [])
+    spec.cidr_deny = o.pop("deny_cidr", []) + o.pop("ip_restriction_deny_cidrs", [])
     spec.ua_filter_allow = o.pop("allow_user_agent", [])
     spec.ua_filter_deny = o.pop("deny_user_agent", [])
-    spec.compression = bool(o.pop("compression", False))
-    spec.circuit_breaker = float(o.pop("circuit_breaker", 0.0) or 0.0)
+    spec.compression = _flag(o.pop("compression", False), "compression")
+    spec.circuit_breaker = _ratio(o.pop("circuit_breaker", 0.0), "circuit_breaker")
     spec.oauth_provider = str(o.pop("oauth_provider", "") or "")
     spec.oauth_allow_emails = o.pop("oauth_allow_emails", [])
     spec.oauth_allow_domains = o.pop("oauth_allow_domains", [])
+    spec.oauth_scopes = o.pop("oauth_scopes", [])
+    spec.oauth_client_id = str(o.pop("oauth_client_id", "") or "")
+    spec.oauth_client_secret = str(o.pop("oauth_client_secret", "") or "")
+    spec.oidc_issuer_url = str(o.pop("oidc_issuer_url", "") or "")
+    spec.oidc_client_id = str(o.pop("oidc_client_id", "") or "")
+    spec.oidc_client_secret = str(o.pop("oidc_client_secret", "") or "")
+    spec.oidc_allow_emails = o.pop("oidc_allow_emails", [])
+    spec.oidc_allow_domains = o.pop("oidc_allow_domains", [])
+    spec.oidc_scopes = o.pop("oidc_scopes", [])
+    cas = o.pop("mutual_tls_cas", [])
+    spec.mutual_tls_ca_pem = b"".join(
+        _pem_bytes(c) for c in (cas if isinstance(cas, list | tuple) else [cas])
+    )
     spec.verify_webhook = str(o.pop("verify_webhook_provider", "") or "")
     spec.verify_webhook_secret = str(o.pop("verify_webhook_secret", "") or "")
-    spec.websocket_tcp_converter = bool(o.pop("websocket_tcp_converter", False))
+    # ngrok-python's option is websocket_tcp_converter; its builder method says "conversion".
+    converter = o.pop("websocket_tcp_converter", False) or o.pop("websocket_tcp_conversion", False)
+    o.pop("websocket_tcp_conversion", None)
+    spec.websocket_tcp_converter = _flag(converter, "websocket_tcp_converter")
     spec.traffic_policy = str(o.pop("traffic_policy", "") or o.pop("policy", "") or "")
+    o.pop("policy", None)
     spec.upstream_protocol = str(o.pop("app_protocol", "") or "http1")
     spec.proxy_proto = str(o.pop("proxy_proto", "") or "")
-    spec.pooling_enabled = bool(o.pop("pooling_enabled", False))
+    spec.pooling_enabled = _flag(o.pop("pooling_enabled", False), "pooling_enabled")
     o.pop("proto", None)
-    # Session-level options are read by forward(); anything else left is unknown.
-    for key in (
-        "authtoken",
-        "authtoken_from_env",
-        "server_addr",
-        "root_cas",
-        "session_ca_cert",
-        "session_metadata",
-    ):
+    for key in _SESSION_OPTIONS:
         o.pop(key, None)
     if o:
         raise TypeError(f"unknown option(s) for forward(): {', '.join(sorted(o))}")
@@ -333,17 +531,12 @@ def forward(addr: object = None, proto: str = "http", **options: Any) -> Any:
     if options.get("session_metadata"):
         builder.metadata(str(options["session_metadata"]))
     spec = _spec_from_options(addr, options)
-    problems = spec.validate()
-    if problems:
-        raise ValueError("; ".join(str(p) for p in problems))
+    _check(spec)  # before connecting: nothing goes online with a bad option or a broken policy
     agent_options = builder._options()
 
     async def go() -> Listener:
         agent = Agent(agent_options)
-        try:
-            (ep,) = await agent.start([spec])
-        except RpcError as exc:
-            raise ValueError("failed to start endpoint", exc.message, exc.ngrok_code) from exc
+        (ep,) = await _start(agent, spec)
         session = Session.__new__(Session)
         session._options = agent_options
         session._agent = agent

@@ -1,21 +1,36 @@
 """What one endpoint should be: the model shared by CLI flags, config files and the SDK.
 
 ``EndpointSpec`` holds ngrok's option names; ``Upstream`` is the parsed forwarding address. Both are plain
-data with validation that names the offending field. This module does no I/O and knows nothing of the
-wire beyond ``to_bind_opts()``, which turns a spec into the ``Bind.Opts`` the edge understands.
+data with validation that names the offending field. ``validate()`` checks everything the edge would refuse
+at Bind, so a broken endpoint is reported before anything goes online: the module values (CIDRs, regexes,
+webhook providers, ...) and the user's Traffic Policy, compiled with the edge's own compiler
+(``hatchway.policy``) so each problem keeps its path, e.g. ``traffic_policy.on_http_request[1].actions[0]``.
+
+Must not: import ``hatchway.edge`` (the layering keeps agent and edge apart), or load the policy engine
+when no policy is set (it pulls in a large CEL library). I/O is limited to reading the ``mutual_tls_cas``
+file, in ``validate()`` and ``to_bind_opts()``; nothing here opens sockets. ``to_bind_opts()`` is the only
+place that knows the wire spelling of the options (``Bind.Opts`` as the Rust SDKs send it).
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from hatchway.errors import ConfigError
 
 SCHEMES = ("http", "https")
+
+# The providers ngrok's OAuth module knows (ngrok-reference.md §4.4); others are ERR_NGROK_363-365.
+OAUTH_PROVIDERS = ("amazon", "facebook", "github", "gitlab", "google", "linkedin", "microsoft", "twitch")
+# The edge's basic-auth action takes at most this many credentials (policy/actions/basic_auth.py).
+BASIC_AUTH_MAX = 10
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,15 @@ class EndpointSpec:
     oauth_provider: str = ""
     oauth_allow_emails: list[str] = field(default_factory=list)
     oauth_allow_domains: list[str] = field(default_factory=list)
+    oauth_scopes: list[str] = field(default_factory=list)
+    oauth_client_id: str = ""
+    oauth_client_secret: str = ""
+    oidc_issuer_url: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_allow_emails: list[str] = field(default_factory=list)
+    oidc_allow_domains: list[str] = field(default_factory=list)
+    oidc_scopes: list[str] = field(default_factory=list)
     cidr_allow: list[str] = field(default_factory=list)
     cidr_deny: list[str] = field(default_factory=list)
     request_header_add: list[str] = field(default_factory=list)
@@ -128,6 +152,7 @@ class EndpointSpec:
     verify_webhook_secret: str = ""
     websocket_tcp_converter: bool = False
     mutual_tls_cas: str = ""  # path to a PEM bundle
+    mutual_tls_ca_pem: bytes = b""  # the bundle itself (the SDKs pass PEM bytes, not a path)
     traffic_policy: str = ""  # document text (YAML or JSON)
     upstream_protocol: str = "http1"
     proxy_proto: str = ""
@@ -151,7 +176,13 @@ class EndpointSpec:
         return self.schemes
 
     def validate(self, prefix: str = "") -> list[ConfigError]:
-        """Every problem with this spec, each naming its field (``prefix`` + field)."""
+        """Every problem with this spec, each naming its field (``prefix`` + field).
+
+        Covers what the edge would refuse at Bind, so ``hatchway http``, ``config check`` and the SDK all
+        fail before connecting. Problems inside the Traffic Policy are named below ``traffic_policy``
+        (``traffic_policy.on_http_request[1].actions[0].config.status_code``); a document that does not
+        parse at all is ``traffic_policy`` itself.
+        """
         errors: list[ConfigError] = []
         p = prefix
 
@@ -167,6 +198,8 @@ class EndpointSpec:
                 err("schemes", f"unknown scheme {s!r} (use http, https)")
         if not self.url_schemes():
             err("schemes", "at least one scheme is needed")
+        if len(self.basic_auth) > BASIC_AUTH_MAX:
+            err("basic_auth", f"at most {BASIC_AUTH_MAX} credentials, got {len(self.basic_auth)}")
         for i, cred in enumerate(self.basic_auth):
             user, sep, password = cred.partition(":")
             if not sep or not user:
@@ -178,11 +211,84 @@ class EndpointSpec:
                 name, sep, _ = h.partition(":")
                 if not sep or not name.strip():
                     err(f"{key}[{i}]", f"must be 'name: value', got {h!r}")
+        for key in ("cidr_allow", "cidr_deny"):
+            for i, cidr in enumerate(getattr(self, key)):
+                if not _is_cidr(cidr):
+                    err(
+                        f"{key}[{i}]",
+                        f"not an IPv4 or IPv6 CIDR: {cidr!r} (e.g. 192.0.2.0/24 or 2001:db8::/32)",
+                    )
+        # NaN fails both comparisons, so it is refused too.
         if not 0.0 <= self.circuit_breaker <= 1.0:
             err("circuit_breaker", "must be between 0 and 1")
+        for key in ("ua_filter_allow", "ua_filter_deny"):
+            for i, pattern in enumerate(getattr(self, key)):
+                # The edge matches with Python's ``re`` (policy/actions/user_agent_filter.py).
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    err(f"{key}[{i}]", f"not a valid regular expression {pattern!r}: {exc}")
+        self._validate_webhook(err)
+        self._validate_sso(err)
+        if self.mutual_tls_cas:
+            problem = _pem_problem(self.mutual_tls_cas)
+            if problem:
+                err("mutual_tls_cas", problem)
         if self.proxy_proto not in ("", "1", "2"):
             err("proxy_proto", "must be 1 or 2")
+        if self.traffic_policy:
+            for path, message in policy_problems(self.traffic_policy):
+                err(f"traffic_policy.{path}" if path else "traffic_policy", message)
         return errors
+
+    def _validate_webhook(self, err: _Report) -> None:
+        if not self.verify_webhook:
+            if self.verify_webhook_secret:
+                err("verify_webhook_secret", "a webhook secret needs a webhook provider too (e.g. github)")
+            return
+        # Imported here: only endpoints that verify webhooks need the provider table.
+        from hatchway.policy.webhooks import PROVIDERS
+
+        provider = PROVIDERS.get(self.verify_webhook)
+        if provider is None:
+            known = ", ".join(sorted(PROVIDERS))
+            err(
+                "verify_webhook",
+                f"unknown webhook provider {self.verify_webhook!r}; known providers: {known}",
+            )
+        if not self.verify_webhook_secret:
+            err("verify_webhook_secret", f"verifying {self.verify_webhook} webhooks needs the signing secret")
+        elif provider is not None and "$" not in self.verify_webhook_secret:
+            # A literal secret in the wrong format can never verify anything; one with ${...} is only
+            # known per request. Same test as the edge's (policy/actions/verify_webhook.py).
+            problem = provider.secret_problem(self.verify_webhook_secret)
+            if problem:
+                err("verify_webhook_secret", problem)
+
+    def _validate_sso(self, err: _Report) -> None:
+        if self.oauth_provider and self.oauth_provider not in OAUTH_PROVIDERS:
+            known = ", ".join(OAUTH_PROVIDERS)
+            err("oauth_provider", f"unknown OAuth provider {self.oauth_provider!r}; known providers: {known}")
+        oauth_extras = ("oauth_allow_emails", "oauth_allow_domains", "oauth_scopes")
+        oauth_app = ("oauth_client_id", "oauth_client_secret")
+        for key in () if self.oauth_provider else (*oauth_extras, *oauth_app):
+            if getattr(self, key):
+                err(key, "needs an OAuth provider too (e.g. google)")
+        if self.oauth_provider and bool(self.oauth_client_id) != bool(self.oauth_client_secret):
+            # ngrok's ERR_NGROK_383/384: your own OAuth app needs both.
+            err("oauth_client_id", "your own OAuth app needs both a client id and a client secret")
+        oidc_extras = ("oidc_client_id", "oidc_client_secret", "oidc_allow_emails", "oidc_allow_domains")
+        if not self.oidc_issuer_url:
+            for key in (*oidc_extras, "oidc_scopes"):
+                if getattr(self, key):
+                    err(key, "needs an OIDC issuer URL too")
+            return
+        if not self.oidc_issuer_url.startswith(("https://", "http://")):
+            err("oidc_issuer_url", f"must be an http(s) URL, got {self.oidc_issuer_url!r}")
+        for key in ("oidc_client_id", "oidc_client_secret"):
+            # ngrok's ERR_NGROK_385/386: the issuer, client id and secret are all required.
+            if not getattr(self, key):
+                err(key, "is required for OpenID Connect")
 
     def to_bind_opts(self) -> dict[str, Any]:
         """The HttpEndpoint ``Opts`` for Bind, spelled as the Rust SDKs spell them (protocol.md §5.2)."""
@@ -217,11 +323,23 @@ class EndpointSpec:
         if self.ua_filter_allow or self.ua_filter_deny:
             opts["UserAgentFilter"] = {"allow": self.ua_filter_allow, "deny": self.ua_filter_deny}
         if self.oauth_provider:
-            opts["OAuth"] = {
-                "provider": self.oauth_provider,
-                "allow_emails": self.oauth_allow_emails,
-                "allow_domains": self.oauth_allow_domains,
-            }
+            opts["OAuth"] = _non_empty(
+                provider=self.oauth_provider,
+                allow_emails=self.oauth_allow_emails,
+                allow_domains=self.oauth_allow_domains,
+                scopes=self.oauth_scopes,
+                client_id=self.oauth_client_id,
+                client_secret=self.oauth_client_secret,
+            )
+        if self.oidc_issuer_url:
+            opts["OIDC"] = _non_empty(
+                issuer_url=self.oidc_issuer_url,
+                client_id=self.oidc_client_id,
+                client_secret=self.oidc_client_secret,
+                allow_emails=self.oidc_allow_emails,
+                allow_domains=self.oidc_allow_domains,
+                scopes=self.oidc_scopes,
+            )
         if self.verify_webhook:
             opts["WebhookVerification"] = {
                 "provider": self.verify_webhook,
@@ -229,12 +347,101 @@ class EndpointSpec:
             }
         if self.websocket_tcp_converter:
             opts["WebsocketTCPConverter"] = {}
+        pem = self.mutual_tls_ca_pem
         if self.mutual_tls_cas:
-            with open(self.mutual_tls_cas, "rb") as fh:
-                opts["MutualTLSCA"] = {"mutual_tls_ca": base64.b64encode(fh.read()).decode()}
+            with open(os.path.expanduser(self.mutual_tls_cas), "rb") as fh:
+                pem += fh.read()
+        if pem:
+            opts["MutualTLSCA"] = {"mutual_tls_ca": base64.b64encode(pem).decode()}
         if self.traffic_policy:
             opts["TrafficPolicy"] = self.traffic_policy
         return opts
+
+
+class _Report(Protocol):
+    def __call__(self, name: str, msg: str) -> None: ...
+
+
+def policy_problems(document: str) -> list[tuple[str, str]]:
+    """(path, message) for every problem the edge's compiler finds in ``document``; [] when it compiles.
+
+    The path is relative to the document (``on_http_request[1].actions[0].type``); "" means the whole
+    document (it does not parse, or is not a map of phases). An action of a type ngrok has but this build
+    does not know (``oauth``, ``jwt-validation``, ...) is left for the edge to judge: the edge may be newer
+    than this agent, and if it lacks the action too it refuses the endpoint with its own message.
+    """
+    # Imported here: the engine loads the CEL library, which endpoints without a policy never need.
+    from hatchway.policy.document import load
+    from hatchway.policy.engine import compile_policy
+    from hatchway.policy.model import PolicyError
+
+    try:
+        compile_policy(document)
+    except PolicyError as exc:
+        problems = exc.problems
+    else:
+        return []
+    try:
+        deferred = _edge_only_actions(load(document))
+    except PolicyError:
+        deferred = []
+    return [
+        ("" if pr.path == "policy" else pr.path, pr.message)  # the engine's name for the whole document
+        for pr in problems
+        if not any(pr.path == d or pr.path.startswith(f"{d}.") for d in deferred)
+    ]
+
+
+# Every action type ngrok documents (ngrok-reference.md §4.4).
+NGROK_ACTIONS = frozenset(
+    {
+        "add-headers", "ai-gateway", "basic-auth", "circuit-breaker", "close-connection",
+        "compress-response", "custom-response", "deny", "forward-internal", "http-request",
+        "jwt-validation", "log", "oauth", "openid-connect", "owasp-crs-request", "owasp-crs-response",
+        "rate-limit", "redirect", "remove-headers", "request-body-find-replace", "response-body-find-replace",
+        "restrict-ips", "saml", "set-vars", "sse-find-replace", "terminate-tls", "url-rewrite",
+        "verify-webhook",
+    }
+)  # fmt: skip
+
+
+def _edge_only_actions(doc: Mapping[str, Any]) -> list[str]:
+    """Paths of the actions in ``doc`` whose type ngrok has and this build's catalogue lacks."""
+    from hatchway.policy.actions import CATALOGUE
+
+    found: list[str] = []
+    for phase, rules in doc.items():
+        for i, rule in enumerate(rules if isinstance(rules, list) else []):
+            actions = rule.get("actions") if isinstance(rule, Mapping) else None
+            for j, action in enumerate(actions if isinstance(actions, list) else []):
+                kind = action.get("type") if isinstance(action, Mapping) else None
+                if kind in NGROK_ACTIONS and kind not in CATALOGUE:
+                    found.append(f"{phase}[{i}].actions[{j}]")
+    return found
+
+
+def _is_cidr(text: str) -> bool:
+    """What the edge's restrict-ips accepts: a CIDR or a bare address; host bits are allowed (masked)."""
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _pem_problem(path: str) -> str:
+    """Why the CA bundle at ``path`` cannot be sent, or "". Its content is the edge's to judge."""
+    try:
+        with open(os.path.expanduser(path), "rb"):
+            pass
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return ""
+
+
+def _non_empty(**values: object) -> dict[str, object]:
+    # The SDKs leave empty middleware fields out of Bind (wire/messages.py: omit_defaults).
+    return {k: v for k, v in values.items() if v}
 
 
 def _headers(add: list[str], remove: list[str]) -> dict[str, Any]:

@@ -4,6 +4,12 @@ Resolution order for where to connect: flags, then environment (``HATCHWAY_AUTHT
 ``NGROK_AUTHTOKEN``), then config files, then a dev edge on this machine (its data dir holds
 ``edge.json``, ``ca.pem`` and ``dev-token``). Output is a live status screen on a terminal, log lines
 otherwise. This module parses and prints; the agent's behaviour lives in ``agent/``.
+
+``hatchway http`` takes ngrok's module flags (``--basic-auth``, ``--cidr-allow``, ``--verify-webhook``, ...)
+and ``--traffic-policy-file``; the spec is validated before connecting, so a bad value or a broken policy
+is printed with its flag (and the policy path) and nothing goes online. What the edge refuses at Bind is
+printed as ``ERROR: message [ERR_NGROK_...]``. Must not: print tracebacks for user errors, or decide
+what the edge supports (it says so itself).
 """
 
 from __future__ import annotations
@@ -45,6 +51,52 @@ def _split_multi(values: list[str] | None) -> list[str]:
     for v in values or []:
         out.extend(p.strip() for p in v.split(",") if p.strip())
     return out
+
+
+def _split_patterns(values: list[str] | None) -> list[str]:
+    """Like ``_split_multi`` for regular expressions: a comma inside ``{}``, ``[]`` or ``()`` (``a{1,3}``)
+    belongs to the pattern, so only top-level commas separate patterns."""
+    out: list[str] = []
+    for v in values or []:
+        depth, start, escaped = 0, 0, False
+        for i, ch in enumerate(v):
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch in "{[(":
+                depth += 1
+            elif ch in "}])":
+                depth = max(0, depth - 1)
+            elif ch == "," and depth == 0:
+                out.append(v[start:i])
+                start = i + 1
+        out.append(v[start:])
+    return [p for p in out if p]
+
+
+# Spec fields whose flag is not the field's own name with dashes (for error messages).
+_FLAG_FOR = {
+    "addr": "ADDR",
+    "schemes": "--scheme",
+    "oauth_provider": "--oauth",
+    "oauth_allow_emails": "--oauth-allow-email",
+    "oauth_allow_domains": "--oauth-allow-domain",
+    "oauth_scopes": "--oauth-scope",
+    "oidc_issuer_url": "--oidc",
+    "oidc_scopes": "--oidc-scope",
+    "traffic_policy": "--traffic-policy-file",
+}
+
+
+def flag_error(problem: ConfigError) -> str:
+    """``spec.validate()``'s problem as the user typed it: ``--cidr-allow[1]: ...``; a Traffic Policy problem
+    as ``--traffic-policy-file: on_http_request[0].actions[0].type: ...``."""
+    head, dot, rest = problem.field_path.partition(".")
+    attr, bracket, index = head.partition("[")
+    flag = _FLAG_FOR.get(attr, "--" + attr.replace("_", "-"))
+    where = flag + bracket + index
+    return f"{where}: {rest}: {problem.message}" if dot else f"{where}: {problem.message}"
 
 
 @dataclass
@@ -247,7 +299,35 @@ def http(
     domain: Annotated[str | None, typer.Option(help="Static, reserved or wildcard domain.")] = None,
     url: Annotated[str | None, typer.Option(help="Endpoint URL, e.g. https://app.example.com.")] = None,
     scheme: Multi = None,
-    basic_auth: Multi = None,
+    basic_auth: Annotated[
+        list[str] | None, typer.Option(help="user:password (8-128 characters); repeat for more users.")
+    ] = None,
+    cidr_allow: Annotated[list[str] | None, typer.Option(help="Only clients in these CIDRs.")] = None,
+    cidr_deny: Annotated[list[str] | None, typer.Option(help="Refuse clients in these CIDRs.")] = None,
+    compression: Annotated[bool, typer.Option(help="Compress responses (gzip, deflate, ...).")] = False,
+    circuit_breaker: Annotated[
+        float | None, typer.Option(help="Reject with 503 when this ratio of responses are 5xx (0-1).")
+    ] = None,
+    ua_filter_allow: Annotated[list[str] | None, typer.Option(help="Allowed User-Agent regex.")] = None,
+    ua_filter_deny: Annotated[list[str] | None, typer.Option(help="Denied User-Agent regex.")] = None,
+    verify_webhook: Annotated[
+        str | None, typer.Option(help="Verify webhook signatures from this provider (github, ...).")
+    ] = None,
+    verify_webhook_secret: Annotated[str | None, typer.Option(help="The provider's signing secret.")] = None,
+    websocket_tcp_converter: Annotated[bool, typer.Option(help="WebSocket to TCP upstream.")] = False,
+    oauth: Annotated[str | None, typer.Option(help="Require an OAuth login (google, github, ...).")] = None,
+    oauth_allow_email: Multi = None,
+    oauth_allow_domain: Multi = None,
+    oauth_scope: Multi = None,
+    oauth_client_id: Annotated[str | None, typer.Option()] = None,
+    oauth_client_secret: Annotated[str | None, typer.Option()] = None,
+    oidc: Annotated[str | None, typer.Option(help="Require an OpenID Connect login (issuer URL).")] = None,
+    oidc_client_id: Annotated[str | None, typer.Option()] = None,
+    oidc_client_secret: Annotated[str | None, typer.Option()] = None,
+    oidc_scope: Multi = None,
+    mutual_tls_cas: Annotated[
+        Path | None, typer.Option(help="Require client certificates signed by these CAs (PEM file).")
+    ] = None,
     request_header_add: Multi = None,
     request_header_remove: Multi = None,
     response_header_add: Multi = None,
@@ -257,7 +337,11 @@ def http(
     app_protocol: Annotated[str | None, typer.Option(hidden=True)] = None,
     metadata: Annotated[str | None, typer.Option()] = None,
     traffic_policy_file: Annotated[
-        Path | None, typer.Option(help="Traffic Policy document (YAML or JSON).")
+        Path | None,
+        # --policy-file is the name before ngrok 3.13.0, still accepted there.
+        typer.Option(
+            "--traffic-policy-file", "--policy-file", help="Traffic Policy document (YAML or JSON)."
+        ),
     ] = None,
     pooling_enabled: Annotated[bool, typer.Option()] = False,
     config: Annotated[
@@ -280,7 +364,28 @@ def http(
         domain=domain or "",
         url=url or "",
         schemes=_split_multi(scheme) or ["https"],
+        # Passwords and header values may hold commas: those flags are repeated, never split.
         basic_auth=list(basic_auth or []),
+        cidr_allow=_split_multi(cidr_allow),
+        cidr_deny=_split_multi(cidr_deny),
+        compression=compression,
+        circuit_breaker=circuit_breaker or 0.0,
+        ua_filter_allow=_split_patterns(ua_filter_allow),
+        ua_filter_deny=_split_patterns(ua_filter_deny),
+        verify_webhook=verify_webhook or "",
+        verify_webhook_secret=verify_webhook_secret or "",
+        websocket_tcp_converter=websocket_tcp_converter,
+        oauth_provider=oauth or "",
+        oauth_allow_emails=_split_multi(oauth_allow_email),
+        oauth_allow_domains=_split_multi(oauth_allow_domain),
+        oauth_scopes=_split_multi(oauth_scope),
+        oauth_client_id=oauth_client_id or "",
+        oauth_client_secret=oauth_client_secret or "",
+        oidc_issuer_url=oidc or "",
+        oidc_client_id=oidc_client_id or "",
+        oidc_client_secret=oidc_client_secret or "",
+        oidc_scopes=_split_multi(oidc_scope),
+        mutual_tls_cas=str(mutual_tls_cas) if mutual_tls_cas is not None else "",
         request_header_add=list(request_header_add or []),
         request_header_remove=_split_multi(request_header_remove),
         response_header_add=list(response_header_add or []),
@@ -292,13 +397,16 @@ def http(
     )
     if traffic_policy_file is not None:
         try:
-            spec.traffic_policy = traffic_policy_file.read_text()
+            spec.traffic_policy = traffic_policy_file.read_text(encoding="utf-8")
         except OSError as exc:
             _fail(ConfigError("--traffic-policy-file", f"cannot read {traffic_policy_file}: {exc.strerror}"))
+        except UnicodeDecodeError:
+            _fail(ConfigError("--traffic-policy-file", f"{traffic_policy_file} is not UTF-8 text"))
+    # Everything the edge would refuse at Bind (module values, the policy) is refused here, offline.
     problems = spec.validate()
     if problems:
         for p in problems:
-            typer.echo(f"ERROR: --{p.field_path.replace('_', '-')}: {p.message}", err=True)
+            typer.echo(f"ERROR: {flag_error(p)}", err=True)
         raise typer.Exit(1)
     try:
         res = resolve(cfg, [spec], authtoken, server_addr, root_cas)

@@ -42,6 +42,14 @@ def bad_request(detail: str) -> EdgeError:
     return EdgeError(400, "ERR_NGROK_3001", f"The request could not be parsed: {detail}")
 
 
+def websocket_expected(detail: str) -> EdgeError:
+    return EdgeError(
+        400,
+        "ERR_NGROK_3206",
+        f"This endpoint converts WebSockets to TCP and expected a WebSocket upgrade: {detail}",
+    )
+
+
 def agent_unavailable(url: str) -> EdgeError:
     return EdgeError(502, "ERR_NGROK_3210", f"The edge could not forward the request for {url} to its agent.")
 

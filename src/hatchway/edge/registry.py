@@ -16,13 +16,17 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from hatchway.edge import domains
+from hatchway.edge import domains, modules
 from hatchway.edge.tunnels import AgentSession
 from hatchway.http.h1 import general_path_pattern
 from hatchway.http.headers import parse_header_line
 from hatchway.store.base import DomainError
 from hatchway.wire import messages as m
+
+if TYPE_CHECKING:
+    from hatchway.policy.engine import CompiledPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ class Endpoint:
     # and the response header additions as ready lines (None: additions the fast path cannot make).
     fast_pattern: re.Pattern[bytes] = field(default_factory=general_path_pattern)
     fast_add: bytes | None = b""
+    policy: CompiledPolicy | None = None  # modules and Traffic Policy (``edge/modules.py``); None: none
+    ws_tcp: bool = False  # the WebSocket-TCP converter: WebSocket clients, a raw TCP upstream
 
     @property
     def online(self) -> bool:
@@ -80,8 +86,9 @@ class Endpoint:
             ep.response_remove = {h.strip().lower().encode("latin-1") for h in opts.response_headers.remove}
         if opts.host_header_rewrite and bind.forwards_to and "://" not in bind.forwards_to:
             ep.rewrite_host = bind.forwards_to.encode("latin-1")
+        ep.ws_tcp = opts.websocket_tcp_converter is not None
         ep.fast_pattern = general_path_pattern(frozenset(ep.response_remove))
-        if any(k == b"host" for k, _ in ep.response_add):
+        if ep.ws_tcp or any(k == b"host" for k, _ in ep.response_add):
             ep.fast_add = None
         else:
             ep.fast_add = b"".join(k + b": " + v + b"\r\n" for k, v in ep.response_add)
@@ -170,8 +177,17 @@ class Registry:
                 "or enable pooling on every endpoint that shares the URL.",
                 "ERR_NGROK_334",
             )
+        policy = None
+        if modules.wants_policy(opts):
+            try:
+                policy = modules.endpoint_policy(opts)
+            except modules.ModuleError as exc:
+                return _bind_error(str(exc), exc.code)
         url = self.url_for(bind.proto, host)
         ep = Endpoint.build(bind.proto, host, url, tunnel_id, session, account, bind)
+        if policy is not None:
+            ep.policy = policy
+            ep.fast_add = None  # the fast path runs no policy
         self.endpoints[key] = [*current, ep]
         logger.info(
             "endpoint online %s (tunnel %s, account %s, metadata %r)",

@@ -29,11 +29,13 @@ from typing import cast
 import httptools
 
 from hatchway.edge import errors
+from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info, too_large
 from hatchway.edge.proxy import Request, client_head, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
 from hatchway.errors import SessionClosedError, StreamResetError
 from hatchway.http import headers as hh
+from hatchway.http import websocket as ws
 from hatchway.http.h1 import (
     LAST_CHUNK,
     MAX_HEAD,
@@ -46,6 +48,8 @@ from hatchway.http.h1 import (
 )
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
+from hatchway.policy.compress import Encoder
+from hatchway.policy.model import Reply
 from hatchway.wire.frames import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -93,6 +97,22 @@ class Body:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    async def peek_all(self, limit: int) -> bytes | None:
+        """The whole body without consuming it (for a policy action that must see it), or None when it
+        grows past ``limit``; reading stays paused meanwhile only if the client outruns ``limit``."""
+        while not self.eof:
+            if self.size > limit:
+                return None
+            if self.aborted or self._conn.closed:
+                raise ClientGone()
+            self._conn._resume_reading()  # the body must arrive whole before anything is sent
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return None if self.size > limit else b"".join(self._chunks)
 
     async def read(self) -> bytes:
         while not self._chunks:
@@ -532,6 +552,33 @@ class Http1Connection(asyncio.Protocol):
         await self._drain()
         return not close
 
+    async def _send_reply(self, reply: Reply, req: Request, body: Body) -> bool:
+        """An answer the policy made (deny, custom-response, basic-auth's 401...)."""
+        close = not req.keep_alive or not body.eof or req.upgrade
+        raw = reply_bytes(reply, hh.get(req.headers, b"accept"), close=close, head_only=req.method == b"HEAD")
+        self._write(raw)
+        await self._drain()
+        return not close
+
+    async def _policy_request(self, ep: Endpoint, req: Request, body: Body) -> tuple[PolicyRun, Reply | None]:
+        """Run the endpoint's connect and request phases (reading a bounded body first if asked)."""
+        assert ep.policy is not None
+        run = PolicyRun(ep, ep.policy, req, tls_info(self.transport))
+        reply = run.tcp_connect()
+        if reply is None and run.needs_body:
+            data = await body.peek_all(MAX_POLICY_BODY) if req.has_body else b""
+            if data is None:
+                reply = too_large(ep.url)
+            else:
+                run.set_body(data)
+        if reply is None:
+            reply = run.request(req)
+        if reply is not None and not run.closes_connection:
+            reply = run.local_reply(reply)
+        if reply is not None:
+            run.finish(reply.status)
+        return run, reply
+
     async def _exchange(self, req: Request, body: Body, resume: _Fast | None = None) -> bool:
         """Proxy one request; True when the client connection may carry another. ``resume``: a fast-path
         exchange to finish (its request is already on the stream)."""
@@ -547,11 +594,31 @@ class Http1Connection(asyncio.Protocol):
             return await self._send_error(
                 errors.offline(self.registry.url_for(self.scheme, req.host)), req, body
             )
+        run: PolicyRun | None = None
+        if ep.policy is not None:
+            run, reply = await self._policy_request(ep, req, body)
+            if reply is not None:
+                if run.closes_connection:
+                    return False
+                return await self._send_reply(reply, req, body)
+        if ep.ws_tcp:
+            return await self._websocket_to_tcp(ep, req, body)
         head, sent_host = upstream_head(ep, req)
-        return await self._exchange_on(ep, req, body, sent_host, head, None)
+        try:
+            return await self._exchange_on(ep, req, body, sent_host, head, None, run)
+        finally:
+            if run is not None:
+                run.finish(0)  # no-op when the response was reported already
 
     async def _exchange_on(
-        self, ep: Endpoint, req: Request, body: Body, sent_host: bytes, head: bytes, resume: _Fast | None
+        self,
+        ep: Endpoint,
+        req: Request,
+        body: Body,
+        sent_host: bytes,
+        head: bytes,
+        resume: _Fast | None,
+        run: PolicyRun | None = None,
     ) -> bool:
         for attempt in (0, 1):
             reused = self._stream is not None and self._stream_ep is ep
@@ -571,7 +638,7 @@ class Http1Connection(asyncio.Protocol):
                     continue  # the kept-alive stream's upstream went away: retry once on a fresh one
                 return await self._send_error(self._no_response_error(ep, exc), req, body)
             try:
-                return await self._round_trip(ep, req, body, stream, head, sent_host)
+                return await self._round_trip(ep, req, body, stream, head, sent_host, run)
             except NoResponse as exc:
                 self._drop_stream(graceful=False)
                 # A kept-alive stream whose upstream went away: retry once on a fresh one, if nothing of the
@@ -604,7 +671,14 @@ class Http1Connection(asyncio.Protocol):
         return st
 
     async def _round_trip(
-        self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, head: bytes, sent_host: bytes
+        self,
+        ep: Endpoint,
+        req: Request,
+        body: Body,
+        stream: MuxStream,
+        head: bytes,
+        sent_host: bytes,
+        run: PolicyRun | None = None,
     ) -> bool:
         sender: asyncio.Task[None] | None = None
         try:
@@ -616,7 +690,7 @@ class Http1Connection(asyncio.Protocol):
         except (SessionClosedError, StreamResetError) as exc:
             raise NoResponse(refused=False, detail=str(exc)) from exc
         try:
-            return await self._relay_response(ep, req, body, stream, sent_host)
+            return await self._relay_response(ep, req, body, stream, sent_host, run=run)
         finally:
             if sender is not None and not sender.done():
                 sender.cancel()
@@ -636,7 +710,14 @@ class Http1Connection(asyncio.Protocol):
             stream.reset(ErrorCode.STREAM_CANCELLED)
 
     async def _relay_response(
-        self, ep: Endpoint, req: Request, body: Body, stream: MuxStream, sent_host: bytes, prefix: bytes = b""
+        self,
+        ep: Endpoint,
+        req: Request,
+        body: Body,
+        stream: MuxStream,
+        sent_host: bytes,
+        prefix: bytes = b"",
+        run: PolicyRun | None = None,
     ) -> bool:
         def interim(head: ResponseHead) -> None:
             # Interim responses (100 Continue, 103 Early Hints) pass through, cleaned like finals.
@@ -654,10 +735,26 @@ class Http1Connection(asyncio.Protocol):
                 self._write(rest)
             await self._splice_upgraded(stream)
             return False
-        unframed_for_client = req.version != "1.1" and framing in (Framing.CLOSE, Framing.CHUNKED)
+        encoder = None
+        if run is not None:
+            reply = run.response(rhead, req.method)
+            run.finish(rhead.status)
+            if reply is not None:
+                # The policy replaced the response: its body is never read, so the stream cannot be reused.
+                self._drop_stream(graceful=False)
+                return await self._send_reply(reply, req, body)
+            encoder = run.encoder
+        unframed_for_client = req.version != "1.1" and (
+            framing in (Framing.CLOSE, Framing.CHUNKED) or encoder is not None
+        )
         close_after = not req.keep_alive or req.upgrade or unframed_for_client
-        self._held = client_head(ep, req, rhead, framing, sent_host, close=close_after)
-        reusable = await self._relay_body(stream, framing, length, rest, dechunk=req.version != "1.1")
+        if encoder is not None:
+            # Compressed: the length changes, so HTTP/1.1 clients get it chunked, HTTP/1.0 ones until close.
+            self._held = client_head(ep, req, rhead, Framing.CHUNKED, sent_host, close=close_after)
+            reusable = await self._relay_encoded(stream, framing, length, rest, encoder, req.version == "1.1")
+        else:
+            self._held = client_head(ep, req, rhead, framing, sent_host, close=close_after)
+            reusable = await self._relay_body(stream, framing, length, rest, dechunk=req.version != "1.1")
         self._flush_held()
         if not reusable or rhead.connection & {b"close"}:
             self._drop_stream(graceful=True)
@@ -726,6 +823,72 @@ class Http1Connection(asyncio.Protocol):
                     self._write(LAST_CHUNK)
                 return False
 
+    async def _relay_encoded(
+        self,
+        stream: MuxStream,
+        framing: Framing,
+        length: int,
+        first: memoryview,
+        encoder: Encoder,
+        chunked: bool,
+    ) -> bool:
+        """Relay the response body through ``encoder`` (compress-response); True when the stream ended
+        cleanly and can be reused. The upstream's framing is decoded, the client's is ours."""
+
+        def out(data: bytes) -> None:
+            if data:
+                self._write(encode_chunk(data) if chunked else data)
+
+        reusable = True
+        data: bytes | memoryview = first
+        if framing is Framing.LENGTH:
+            remaining = length
+            while True:
+                if data:
+                    take = min(len(data), remaining)
+                    out(encoder.feed(bytes(data[:take])))
+                    remaining -= take
+                    if take < len(data):
+                        reusable = False
+                        break
+                if remaining == 0:
+                    break
+                if self._write_paused:
+                    await self._drain()
+                data = await self._read_body(stream)
+        elif framing is Framing.CHUNKED:
+            scanner = ChunkedScanner()
+            while True:
+                if data:
+                    pieces: list[memoryview] = []
+                    used = scanner.feed(data, pieces)
+                    for piece in pieces:
+                        out(encoder.feed(bytes(piece)))
+                    if scanner.done:
+                        reusable = used == len(data)
+                        break
+                if self._write_paused:
+                    await self._drain()
+                data = await self._read_body(stream)
+        elif framing is Framing.CLOSE:
+            reusable = False
+            while True:
+                if data:
+                    out(encoder.feed(bytes(data)))
+                if self._write_paused:
+                    await self._drain()
+                self._flush_held()
+                try:
+                    data = await stream.read()
+                except (StreamResetError, SessionClosedError):
+                    raise ClientGone() from None
+                if not data:
+                    break
+        out(encoder.finish())
+        if chunked:
+            self._write(LAST_CHUNK)
+        return reusable
+
     async def _read_body(self, stream: MuxStream) -> bytes:
         self._flush_held()
         try:
@@ -738,6 +901,56 @@ class Http1Connection(asyncio.Protocol):
                 self.transport.abort()
             raise ClientGone()
         return data
+
+    async def _websocket_to_tcp(self, ep: Endpoint, req: Request, body: Body) -> bool:
+        """The WebSocket-TCP converter: answer the handshake here, then carry binary message payloads as a
+        raw byte stream to the upstream (through a fresh Proxy stream, so the agent dials a new connection)
+        and upstream bytes back as binary frames."""
+        if not req.upgrade:
+            return await self._send_error(errors.websocket_expected("no Connection: upgrade"), req, body)
+        try:
+            accept = ws.accept_handshake(req.method, req.headers)
+        except ws.HandshakeError as exc:
+            return await self._send_error(errors.websocket_expected(str(exc)), req, body)
+        self._drop_stream(graceful=True)
+        try:
+            stream = await self._acquire(ep)
+        except (SessionClosedError, StreamResetError):
+            return await self._send_error(errors.agent_unavailable(ep.url), req, body)
+        self._write(accept)
+        codec = ws.ServerConnection()
+
+        async def client_to_upstream() -> None:
+            try:
+                while chunk := await body.read():
+                    for event in codec.receive(chunk):
+                        if isinstance(event, ws.BinaryData):
+                            await stream.write(event.data)
+                        elif isinstance(event, ws.ProtocolFailure):
+                            stream.reset(ErrorCode.STREAM_CANCELLED)
+                    if reply := codec.data_to_send():
+                        self._write(reply)  # pongs, the close echo, a failure's close frame
+                    if codec.closed:
+                        break
+                stream.send_eof()
+            except (SessionClosedError, StreamResetError, ClientGone):
+                stream.reset(ErrorCode.STREAM_CANCELLED)
+
+        sender = self._loop.create_task(client_to_upstream())
+        try:
+            with contextlib.suppress(StreamResetError, SessionClosedError):
+                while data := await stream.read():
+                    if frame := codec.send_data(data):
+                        self._write(frame)
+                    if self._write_paused:
+                        await self._drain()
+            if closing := codec.close(1000):
+                self._write(closing)
+        finally:
+            if not sender.done():
+                sender.cancel()
+            self._stream = self._stream_ep = None  # a converted stream is never reused for HTTP
+        return False
 
     async def _splice_upgraded(self, stream: MuxStream) -> None:
         """After 101 both directions are raw bytes until each side closes."""

@@ -31,6 +31,7 @@ import h2.exceptions
 import h2.settings
 
 from hatchway.edge import errors
+from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info, too_large
 from hatchway.edge.proxy import Request, response_headers, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
@@ -47,6 +48,8 @@ from hatchway.http.h1 import (
 )
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
+from hatchway.policy.compress import Encoder
+from hatchway.policy.model import Reply
 from hatchway.wire.frames import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -506,6 +509,68 @@ class Http2Connection(asyncio.Protocol):
         if ep is None:
             await self._respond_error(st, req, errors.offline(self.registry.url_for(self.scheme, req.host)))
             return
+        if ep.ws_tcp:
+            # RFC 8441's extended CONNECT is not offered, so no WebSocket can arrive over HTTP/2 here.
+            await self._respond_error(st, req, errors.websocket_expected("HTTP/2 requests cannot upgrade"))
+            return
+        run: PolicyRun | None = None
+        if ep.policy is not None:
+            run = PolicyRun(ep, ep.policy, req, tls_info(self.transport))
+            if await self._policy_request(st, run, ep, req):
+                return
+        try:
+            await self._proxy(st, ep, req, run)
+        finally:
+            if run is not None:
+                run.finish(0)  # no-op when the response was reported already
+
+    async def _peek_body(self, st: _Stream) -> bytes | None:
+        """The whole request body, left in place for the upstream, or None past MAX_POLICY_BODY (also
+        when the client is stuck on a full stream window, which we only open again as the upstream reads)."""
+        while not st.ended:
+            if sum(len(d) for d, _ in st.body) >= min(MAX_POLICY_BODY, STREAM_WINDOW):
+                return None
+            if self.closed or st.reset:
+                raise _ClientGone()
+            st.readable = self._loop.create_future()
+            try:
+                await st.readable
+            finally:
+                st.readable = None
+        data = b"".join(d for d, _ in st.body)
+        return None if len(data) > MAX_POLICY_BODY else data
+
+    async def _policy_request(self, st: _Stream, run: PolicyRun, ep: Endpoint, req: Request) -> bool:
+        """Run the connect and request phases; True when the edge answered (or closed) instead."""
+        reply = run.tcp_connect()
+        if reply is not None:
+            run.finish(reply.status)
+            self.shutdown()  # on_tcp_connect denies the connection, not one request
+            return True
+        if run.needs_body:
+            data = await self._peek_body(st) if req.has_body else b""
+            if data is None:
+                reply = too_large(ep.url)
+            else:
+                run.set_body(data)
+        if reply is None:
+            reply = run.request(req)
+        if reply is None:
+            return False
+        reply = run.local_reply(reply)
+        run.finish(reply.status)
+        await self._send_reply(st, reply, req)
+        return True
+
+    async def _send_reply(self, st: _Stream, reply: Reply, req: Request) -> None:
+        raw = reply_bytes(reply, hh.get(req.headers, b"accept"), close=False, head_only=req.method == b"HEAD")
+        head = parse_response_head(raw)
+        assert head is not None
+        hdrs: H2Headers = [(b":status", b"%d" % head.status)]
+        hdrs += [(k.lower(), v) for k, v in head.headers if k.lower() not in hh.HOP_BY_HOP]
+        await self._respond(st, hdrs, raw[head.size :])
+
+    async def _proxy(self, st: _Stream, ep: Endpoint, req: Request, run: PolicyRun | None) -> None:
         head, sent_host = upstream_head(ep, req)
         st.endpoint = ep
         for attempt in (0, 1):
@@ -528,7 +593,7 @@ class Http2Connection(asyncio.Protocol):
                     raise NoResponse(refused=False, detail=str(exc)) from exc
                 if req.has_body:
                     sender = self._loop.create_task(self._send_body(st, req, stream))
-                await self._relay_response(st, ep, req, stream, sent_host)
+                await self._relay_response(st, ep, req, stream, sent_host, run)
                 return
             except NoResponse as exc:
                 self._drop_proxy(st, graceful=False)
@@ -587,7 +652,13 @@ class Http2Connection(asyncio.Protocol):
             return
 
     async def _relay_response(
-        self, st: _Stream, ep: Endpoint, req: Request, stream: MuxStream, sent_host: bytes
+        self,
+        st: _Stream,
+        ep: Endpoint,
+        req: Request,
+        stream: MuxStream,
+        sent_host: bytes,
+        run: PolicyRun | None = None,
     ) -> None:
         def interim(head: ResponseHead) -> None:
             # Interim responses (100 Continue, 103 Early Hints) go out as informational HEADERS.
@@ -597,10 +668,24 @@ class Http2Connection(asyncio.Protocol):
         if rhead.status == 101:
             raise NoResponse(refused=False, detail="101 Switching Protocols on an HTTP/2 request")
         first = memoryview(buf)[rhead.size :]
+        encoder: Encoder | None = None
+        if run is not None:
+            reply = run.response(rhead, req.method)
+            run.finish(rhead.status)
+            if reply is not None:
+                # The policy replaced the response: its body is never read, so the stream cannot be reused.
+                self._drop_proxy(st, graceful=False)
+                await self._send_reply(st, reply, req)
+                return
+            encoder = run.encoder
         no_body = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
         self._send_headers(st, h2_response_headers(ep, req, rhead, framing, sent_host), end=no_body)
         st.replied = True
         keep = b"close" not in rhead.connection
+        if encoder is not None and not no_body:
+            st.reusable = await self._relay_encoded(st, stream, framing, length, first, encoder) and keep
+            self._end(st)
+            return
         if no_body:
             st.reusable = keep and not first
             return
@@ -655,6 +740,60 @@ class Http2Connection(asyncio.Protocol):
                 if dechunker.done:
                     return used == len(view)
             view = memoryview(await self._read_more(stream))
+
+    async def _relay_encoded(
+        self,
+        st: _Stream,
+        stream: MuxStream,
+        framing: Framing,
+        length: int,
+        first: memoryview,
+        encoder: Encoder,
+    ) -> bool:
+        """Relay the body through ``encoder`` (compress-response); True when the stream may be reused."""
+        reusable = True
+        data: bytes | memoryview = first
+        if framing is Framing.LENGTH:
+            remaining = length
+            while True:
+                if data:
+                    take = min(len(data), remaining)
+                    if out := encoder.feed(bytes(data[:take])):
+                        await self._send_data(st, out)
+                    remaining -= take
+                    if take < len(data):
+                        reusable = False
+                        break
+                if remaining == 0:
+                    break
+                data = await self._read_more(stream)
+        elif framing is Framing.CHUNKED:
+            dechunker = ChunkedScanner()
+            while True:
+                if data:
+                    pieces: list[memoryview] = []
+                    try:
+                        used = dechunker.feed(data, pieces)
+                    except H1Error as exc:
+                        raise _Cut() from exc
+                    for piece in pieces:
+                        if out := encoder.feed(bytes(piece)):
+                            await self._send_data(st, out)
+                    if dechunker.done:
+                        reusable = used == len(data)
+                        break
+                data = await self._read_more(stream)
+        else:
+            reusable = False
+            while True:
+                if data and (out := encoder.feed(bytes(data))):
+                    await self._send_data(st, out)
+                data = await self._read_more(stream, until_eof=True)
+                if not data:
+                    break
+        if tail := encoder.finish():
+            await self._send_data(st, tail)
+        return reusable
 
     async def _relay_until_eof(self, st: _Stream, stream: MuxStream, first: memoryview) -> None:
         data: bytes | memoryview = first

@@ -1,0 +1,50 @@
+"""The ``add-headers`` action: append headers to the request (``on_http_request``) or response.
+
+``headers`` maps 1 to 10 names (lower-cased) to ``${cel}`` templated values. Values are appended to any
+existing ones, except ``host``, which replaces the request's Host. Refused when the policy loads:
+``user-agent`` (ngrok keeps it for the client) and ``ngrok-skip-browser-warning``. Must not: remove other
+headers, or let a rendered value carry a line break (that is an error, answered 500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hatchway.policy.config import ConfigReader
+from hatchway.policy.interpolate import header_templates, header_value
+from hatchway.policy.model import Action, CompileEnv, Exchange, Reply, Template
+
+FORBIDDEN = {
+    "user-agent": "cannot be changed by add-headers",
+    "ngrok-skip-browser-warning": "cannot be added by add-headers",
+}
+
+
+@dataclass(slots=True)
+class AddHeaders:
+    headers: tuple[tuple[str, Template], ...]
+    response: bool  # on_http_response: change ex.res
+    needs_body: bool = False
+
+    def run(self, ex: Exchange) -> Reply | None:
+        target = ex.res if self.response else ex.req
+        if target is None:
+            return None
+        for name, template in self.headers:
+            value = template.source if template.constant else header_value(template, ex)
+            if name == "host":
+                target.remove_header("host")
+            target.headers.append((name, value))
+        return None
+
+
+def compile(config: Mapping[str, Any] | None, path: str, env: CompileEnv, phase: str) -> Action:
+    r = ConfigReader(config, path)
+    headers = header_templates(r, "headers", env, required=True, max_items=10)
+    for name, _ in headers:
+        if name in FORBIDDEN:
+            r.problem(f"headers.{name}", FORBIDDEN[name])
+    r.done()
+    return AddHeaders(tuple(headers), phase == "on_http_response")

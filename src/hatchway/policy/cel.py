@@ -1,0 +1,1039 @@
+"""CEL expressions for Traffic Policy: compiled and checked once when a policy loads, evaluated per exchange.
+
+Role: wrap ``cel-expr-python`` (the C++ CEL runtime). ``compile_expression`` refuses what can be refused
+statically: syntax and type errors, unknown top-level names (``reqq.method``, by CEL's checker) and unknown
+fields of the documented variable groups (``req.methd``, ``conn.clientip``, by a scan of the dotted names
+against ``variables.SCHEMA``, since CEL only sees maps). It also registers ngrok's own functions
+(``inCidrRange``, ``getReqHeader``... see ``_functions``).
+
+Evaluation has two paths that give the same answers:
+
+- a fast path for the common shapes (``req.url.path.startsWith('/x')``, ``req.method == 'GET'``,
+  ``'x' in req.headers``, ``hasReqHeader('x')``, ``inCidrRange(conn.client_ip, '10.0.0.0/8')``, joined by
+  ``&&``, ``||``, ``!``), compiled to Python closures that read the exchange directly. A C++ CEL call costs
+  about 1.5 µs however small the expression; the closures cost a fraction of that. Whenever a closure meets
+  a value it is not sure about (a list compared with ``==``, an int compared with a double...) it answers
+  ``DEFER`` and CEL decides.
+- CEL itself, with one activation per exchange carrying what the phase's CEL expressions read, rebuilt
+  only when something it carries changed (converting values into CEL is the costly part).
+
+Must not: import clocks or I/O, keep per-request state outside ``ex.scratch`` (the one exception is the
+exchange being evaluated, which ngrok's ``getReqHeader``-style functions read; it is set for the duration
+of one synchronous ``eval``), or let a failing expression raise into the request path: conditions that fail
+are false, and values that fail raise ``EvaluationError`` for the engine to turn into a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, Final, NamedTuple
+from urllib.parse import quote, unquote
+
+from cel_expr_python import cel as _cel
+from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
+
+from hatchway.policy import variables as v
+from hatchway.policy.model import Exchange
+
+
+class CelCompileError(ValueError):
+    """An expression was refused; ``str()`` is the reason (CEL's error text where CEL found it)."""
+
+
+class EvaluationError(Exception):
+    """A value expression (``${...}`` or an action's expression) failed for this exchange."""
+
+
+ROOTS: Final = frozenset(v.SCHEMA)
+RESPONSE_PHASE: Final = "on_http_response"
+TCP_PHASE: Final = "on_tcp_connect"
+
+
+class _Defer:
+    """A fast-path answer meaning "ask CEL": the closure met a value whose CEL semantics it does not copy."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFER"
+
+
+DEFER: Final = _Defer()
+MISSING: Final = v.MISSING
+
+# ---- the exchange being evaluated, for ngrok's context functions (getReqHeader...) --------------------
+
+
+class _Current:
+    __slots__ = ("ex",)
+
+    def __init__(self) -> None:
+        self.ex: Exchange | None = None
+
+
+_CURRENT: Final = _Current()
+
+
+def _state() -> v.VarState:
+    ex = _CURRENT.ex
+    if ex is None:
+        raise RuntimeError("request functions are only available while a policy runs")
+    return v.state(ex)
+
+
+# ---- ngrok's functions -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr.strip(), strict=False)
+
+
+@lru_cache(maxsize=4096)
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    addr = ipaddress.ip_address(ip.strip())
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; match them against IPv4 ranges.
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def in_cidr_range(ip: str, cidr: str) -> bool:
+    """``inCidrRange``: raises ValueError for a malformed address or range (a CEL error)."""
+    addr, net = _address(ip), _network(cidr)
+    return addr.version == net.version and addr in net
+
+
+def in_cidr_ranges(ip: str, cidrs: list[str]) -> bool:
+    return any(in_cidr_range(ip, c) for c in cidrs)
+
+
+def _query_params() -> dict[str, list[str]]:
+    params: dict[str, list[str]] = _state().get("req.url.query_params")
+    return params
+
+
+def _cookies(key: str, name: str) -> list[Any]:
+    cookies = _state().get(key)
+    return [] if cookies is v.MISSING else list(cookies.get(name, []))
+
+
+def _decode_b64(text: str) -> str:
+    return base64.b64decode(text, validate=True).decode("utf-8", "replace")
+
+
+_S = _cel.Type.STRING
+_B = _cel.Type.BOOL
+_D = _cel.Type.DYN
+_LS = _cel.Type.List(_S)
+_LD = _cel.Type.List(_D)
+
+
+def _fn(name: str, ret: Any, params: list[Any], impl: Callable[..., Any], member: bool = False) -> Any:
+    overload_id = f"hatchway_{name.replace('.', '_')}_{'_'.join(p.name().lower() for p in params)}"
+    return _cel.FunctionDecl(name, [_cel.Overload(overload_id, ret, params, is_member=member, impl=impl)])
+
+
+def _functions() -> list[Any]:
+    st = _state
+    return [
+        _fn("inCidrRange", _B, [_S, _S], in_cidr_range),
+        _fn("inCidrRanges", _B, [_S, _LS], in_cidr_ranges),
+        _fn("getReqHeader", _LS, [_S], lambda n: list(st().header_values("req", n))),
+        _fn("hasReqHeader", _B, [_S], lambda n: bool(st().header_values("req", n))),
+        _fn("getResHeader", _LS, [_S], lambda n: list(st().header_values("res", n))),
+        _fn("hasResHeader", _B, [_S], lambda n: bool(st().header_values("res", n))),
+        _fn("getQueryParam", _LS, [_S], lambda n: list(_query_params().get(n, []))),
+        _fn("hasQueryParam", _B, [_S], lambda n: n in _query_params()),
+        _fn("getReqCookie", _LD, [_S], lambda n: _cookies("req.cookies", n)),
+        _fn("hasReqCookie", _B, [_S], lambda n: bool(_cookies("req.cookies", n))),
+        _fn("getResCookie", _LD, [_S], lambda n: _cookies("res.cookies", n)),
+        _fn("hasResCookie", _B, [_S], lambda n: bool(_cookies("res.cookies", n))),
+        _fn("basic_auth.encode", _S, [_S, _S], lambda u, p: base64.b64encode(f"{u}:{p}".encode()).decode()),
+        _fn("json.encode", _S, [_D], lambda x: json.dumps(x, separators=(",", ":"))),
+        _fn("json.decode", _D, [_S], json.loads),
+        _fn("decodeJson", _D, [_S], json.loads, member=True),
+        _fn("encodeBase64", _S, [_S], lambda s: base64.b64encode(s.encode()).decode(), member=True),
+        _fn("decodeBase64", _S, [_S], _decode_b64, member=True),
+        _fn("url.escape", _S, [_S], lambda s: quote(s, safe="")),
+        _fn("url.unescape", _S, [_S], unquote),
+    ]
+
+
+# Functions that read the request/response, and the phases where that exists.
+_REQ_FUNCS: Final = frozenset(
+    {"getReqHeader", "hasReqHeader", "getQueryParam", "hasQueryParam", "getReqCookie", "hasReqCookie"}
+)
+_RES_FUNCS: Final = frozenset({"getResHeader", "hasResHeader", "getResCookie", "hasResCookie"})
+
+_ENV: Any = None
+
+
+def env() -> Any:
+    """The shared CEL environment (built on first use: it costs a few milliseconds)."""
+    global _ENV
+    if _ENV is None:
+        variables = {root: _cel.Type.Map(_S, _D) for root in sorted(ROOTS)}
+        extensions = [
+            ext_strings.ExtStrings(),
+            ext_encoders.ExtEncoders(),
+            ext_math.ExtMath(),
+            ext_bindings.ExtBindings(),
+            ext_optional.ExtOptional(),
+            _cel.CelExtension("hatchway", _functions()),
+        ]
+        _ENV = _cel.NewEnv(variables=variables, extensions=extensions)
+    return _ENV
+
+
+# ---- lexing ------------------------------------------------------------------------------------------
+
+
+class Tok(NamedTuple):
+    kind: str  # "id" | "str" | "num" | "op"
+    text: str
+    start: int
+    end: int
+    value: Any = None  # str: the literal's value when it has no escapes; num: the int for plain decimals
+
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+|//[^\n]*)
+    |(?P<raw>[rR][bB]?(?:'''.*?'''|\"\"\".*?\"\"\"|'[^'\n]*'|"[^"\n]*"))
+    |(?P<str>[bB]?(?:'''(?:\\.|.)*?'''|\"\"\"(?:\\.|.)*?\"\"\"|'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))
+    |(?P<num>0[xX][0-9a-fA-F]+[uU]?|\d+\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+[uU]?)
+    |(?P<id>[A-Za-z_][A-Za-z0-9_]*|`[^`]*`)
+    |(?P<op>==|!=|<=|>=|&&|\|\||[-+*/%<>!?:.,()\[\]{}])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def _literal(text: str, raw: bool) -> str | None:
+    """The value of a string literal token, or None when it has escapes or is bytes (left to CEL)."""
+    body = text.lstrip("rRbB")
+    if "b" in text[: len(text) - len(body)].lower():
+        return None
+    q = 3 if body[:3] in ("'''", '"""') else 1
+    inner = body[q:-q]
+    if not raw and "\\" in inner:
+        return None
+    return inner
+
+
+def lex(source: str) -> list[Tok] | None:
+    """Tokens of ``source``, or None when it holds something this lexer does not know (CEL will say)."""
+    toks: list[Tok] = []
+    pos, n = 0, len(source)
+    while pos < n:
+        m = _TOKEN.match(source, pos)
+        if m is None:
+            return None
+        kind = m.lastgroup or ""
+        text = m.group()
+        if kind == "raw":
+            toks.append(Tok("str", text, pos, m.end(), _literal(text, True)))
+        elif kind == "str":
+            toks.append(Tok("str", text, pos, m.end(), _literal(text, False)))
+        elif kind == "num":
+            toks.append(Tok("num", text, pos, m.end(), int(text) if text.isdigit() else None))
+        elif kind != "ws":
+            toks.append(Tok(kind, text, pos, m.end()))
+        pos = m.end()
+    return toks
+
+
+# ---- the static scan: known variables, phase rules, bare struct rewrites -----------------------------
+
+
+class _Scan(NamedTuple):
+    text: str  # the source with bare ``req.url`` & co rewritten
+    needs: frozenset[str]  # "req.url", "vars.*": what the activation must carry
+    problems: list[str]
+
+
+def _is_value_end(tok: Tok) -> bool:
+    return tok.kind in ("id", "str", "num") or tok.text in (")", "]", "}")
+
+
+def _unknown(path: list[str], name: str, node: Any) -> str:
+    dotted = ".".join([*path, name])
+    for i in range(2, len(path) + 2):
+        if ".".join([*path, name][:i]) in v.NOT_AVAILABLE:
+            return f"{dotted} is not available in Hatchway"
+    if node == v.LEAF:
+        return f"unknown variable {dotted}: {'.'.join(path)} has no fields"
+    return f"unknown variable {dotted}; {'.'.join(path)} has: {', '.join(sorted(node))}"
+
+
+def scan(source: str, toks: list[Tok], phase: str | None) -> _Scan:
+    inserts: list[tuple[int, str]] = []
+    needs: set[str] = set()
+    problems: list[str] = []
+    n = len(toks)
+    for i, tok in enumerate(toks):
+        if tok.kind != "id":
+            continue
+        if phase is not None and i + 1 < n and toks[i + 1].text == "(":
+            if tok.text in _RES_FUNCS and phase != RESPONSE_PHASE:
+                problems.append(f"{tok.text}() is only available in {RESPONSE_PHASE}")
+            elif tok.text in _REQ_FUNCS and phase == TCP_PHASE:
+                problems.append(f"{tok.text}() is not available in {TCP_PHASE}")
+        if tok.text not in ROOTS or (i + 1 < n and toks[i + 1].text == "("):
+            continue
+        if i > 0 and toks[i - 1].text == "." and i > 1 and _is_value_end(toks[i - 2]):
+            continue  # a field named like a variable (x.req), not the variable
+        root = tok.text
+        if phase is not None and root == "res" and phase != RESPONSE_PHASE:
+            problems.append(f"res.* is only available in {RESPONSE_PHASE}")
+        elif phase == TCP_PHASE and root == "req":
+            problems.append(f"req.* is not available in {TCP_PHASE}")
+        node: Any = v.SCHEMA[root]
+        path = [root]
+        j = i + 1
+        while j + 1 < n and toks[j].text == "." and toks[j + 1].kind == "id":
+            name = toks[j + 1].text.strip("`")
+            if j + 2 < n and toks[j + 2].text == "(":  # a method called on what we have so far
+                if (dual := v.DUAL.get(".".join(path))) is not None:
+                    inserts.append((toks[j].start, f".{dual}"))
+                break
+            if node == v.ANY:
+                break
+            if node == v.LEAF or name not in node:
+                problems.append(_unknown(path, name, node))
+                break
+            node = node[name]
+            path.append(name)
+            j += 2
+        else:
+            # The chain ends: a bare struct with a string meaning gets its string field.
+            dual = v.DUAL.get(".".join(path))
+            if dual is not None and not (j < n and toks[j].text == "["):
+                inserts.append((toks[j - 1].end, f".{dual}"))
+        if root in v.WHOLE or len(path) == 1:
+            needs.add(f"{root}.*")
+        else:
+            needs.add(f"{root}.{path[1]}")
+    text = source
+    for at, piece in sorted(inserts, reverse=True):
+        text = text[:at] + piece + text[at:]
+    return _Scan(text, frozenset(needs), list(dict.fromkeys(problems)))
+
+
+def _check_cidr_literals(toks: list[Tok]) -> list[str]:
+    """Malformed literal ranges in ``inCidrRange(ip, '...')`` / ``inCidrRanges(ip, [...])``."""
+    problems = []
+    for i, tok in enumerate(toks):
+        if tok.text not in ("inCidrRange", "inCidrRanges") or i + 1 >= len(toks) or toks[i + 1].text != "(":
+            continue
+        depth, after_comma = 0, False
+        for t in toks[i + 1 :]:
+            if t.text in ("(", "[", "{"):
+                depth += 1
+            elif t.text in (")", "]", "}"):
+                depth -= 1
+                if depth == 0:
+                    break
+            elif t.text == "," and depth == 1:
+                after_comma = True
+            elif after_comma and t.kind == "str" and t.value is not None:
+                try:
+                    _network(t.value)
+                except ValueError:
+                    problems.append(f"{t.value!r} is not a CIDR range")
+    return problems
+
+
+# ---- the fast path -----------------------------------------------------------------------------------
+# Bool closures return True, False, None (a CEL error: the rule does not match) or DEFER.
+# Value closures return a value or MISSING (a CEL error).
+
+Bool = Callable[[Exchange], Any]
+Value = Callable[[Exchange], Any]
+
+
+class _NotFast(Exception):
+    """The expression has a shape the fast path does not handle; CEL evaluates it."""
+
+
+_SCALARS: Final = (str, int, bool, float)
+
+
+def _eq(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if ta is tb and ta in _SCALARS:
+        return a == b
+    if ta in _SCALARS and tb in _SCALARS and not (ta in (int, float) and tb in (int, float)):
+        return False  # CEL's heterogeneous equality: a string never equals an int
+    return DEFER
+
+
+def _index(value: Any, key: Any) -> Any:
+    if type(value) is dict:
+        return value.get(key, MISSING) if type(key) is str else MISSING
+    if type(value) is list and type(key) is int:
+        return value[key] if 0 <= key < len(value) else MISSING
+    return MISSING
+
+
+def _field_getter(key: str, rest: list[Any] | None = None) -> Value:
+    """A cached variable (``req.headers``), then up to two keys into it, in one closure."""
+    scratch_key = v.SCRATCH_KEY
+
+    def field(ex: Exchange) -> Any:
+        st = ex.scratch.get(scratch_key)
+        return (st or v.state(ex)).get(key)
+
+    if not rest:
+        return field
+    if len(rest) == 1:
+        k1 = rest[0]
+
+        def field1(ex: Exchange) -> Any:
+            st = ex.scratch.get(scratch_key)
+            return _index((st or v.state(ex)).get(key), k1)
+
+        return field1
+    if len(rest) == 2:
+        k1, k2 = rest
+
+        def field2(ex: Exchange) -> Any:
+            st = ex.scratch.get(scratch_key)
+            return _index(_index((st or v.state(ex)).get(key), k1), k2)
+
+        return field2
+    return _indexed(field, rest)
+
+
+def _indexed(base: Value, rest: list[Any]) -> Value:
+    if len(rest) == 1:
+        only = rest[0]
+        return lambda ex: _index(base(ex), only)
+
+    def get(ex: Exchange) -> Any:
+        value = base(ex)
+        for key in rest:
+            value = _index(value, key)
+        return value
+
+    return get
+
+
+def _path_getter(root: str, segs: list[Any]) -> Value:
+    if not segs:
+        raise _NotFast
+    base: Value
+    rest = segs
+    if root in v.WHOLE:
+        base = v.WHOLE[root]
+    else:
+        first = f"{root}.{segs[0]}"
+        second = f"{first}.{segs[1]}" if len(segs) > 1 else ""
+        if second in v.LEAVES:
+            base, rest = v.LEAVES[second], segs[2:]
+        elif second in v.FIELDS:
+            return _field_getter(second, segs[2:])
+        elif first in v.LEAVES:
+            base, rest = v.LEAVES[first], segs[1:]
+        elif first in v.FIELDS:
+            return _field_getter(first, segs[1:])
+        else:
+            raise _NotFast
+    return _indexed(base, rest) if rest else base
+
+
+def _and(a: Bool, b: Bool) -> Bool:
+    def both(ex: Exchange) -> Any:
+        x = a(ex)
+        if x is False:
+            return False
+        y = b(ex)
+        if y is False:
+            return False
+        if x is True and y is True:
+            return True
+        return DEFER if x is DEFER or y is DEFER else None
+
+    return both
+
+
+def _or(a: Bool, b: Bool) -> Bool:
+    def either(ex: Exchange) -> Any:
+        x = a(ex)
+        if x is True:
+            return True
+        y = b(ex)
+        if y is True:
+            return True
+        if x is False and y is False:
+            return False
+        return DEFER if x is DEFER or y is DEFER else None
+
+    return either
+
+
+def _not(a: Bool) -> Bool:
+    def negate(ex: Exchange) -> Any:
+        x = a(ex)
+        return (not x) if type(x) is bool else x
+
+    return negate
+
+
+def _truth(val: Value) -> Bool:
+    def truth(ex: Exchange) -> Any:
+        x = val(ex)
+        return x if type(x) is bool else None  # a non-bool where a bool is needed is a CEL error
+
+    return truth
+
+
+class _NoConst:
+    __slots__ = ()
+
+
+NO_CONST: Final = _NoConst()
+
+
+def _eq_const(a: Value, const: Any, negate: bool) -> Bool:
+    """``path == 'literal'``: the commonest condition, with the literal's type checked once."""
+    kind = type(const)
+
+    def equal_const(ex: Exchange) -> Any:
+        x = a(ex)
+        if type(x) is kind:
+            return (x != const) if negate else (x == const)
+        if x is MISSING:
+            return None
+        r = _eq(x, const)
+        return (not r) if negate and r is not DEFER else r
+
+    return equal_const
+
+
+def _in_const_list(a: Value, items: list[str]) -> Bool:
+    """``path in ['a', 'b']`` with string literals only."""
+    members = frozenset(items)
+
+    def member(ex: Exchange) -> Any:
+        x = a(ex)
+        if type(x) is str:
+            return x in members
+        if x is MISSING:
+            return None
+        return any(_eq(x, i) is True for i in items) or (DEFER if type(x) not in _SCALARS else False)
+
+    return member
+
+
+def _key_in(key: str, b: Value) -> Bool:
+    """``'name' in path``: a key of a map (headers, query params) or an item of a list."""
+
+    def has_key(ex: Exchange) -> Any:
+        y = b(ex)
+        if type(y) is dict:
+            return key in y
+        if y is MISSING:
+            return None
+        if type(y) is list:
+            return key in y if all(type(i) is str for i in y) else DEFER
+        return DEFER
+
+    return has_key
+
+
+def _compare(op: str, a: Value, b: Value, a_const: Any = NO_CONST, b_const: Any = NO_CONST) -> Bool:
+    scalar_a, scalar_b = type(a_const) in _SCALARS, type(b_const) in _SCALARS
+    if op in ("==", "!=") and (scalar_a or scalar_b):
+        return _eq_const(a, b_const, op == "!=") if scalar_b else _eq_const(b, a_const, op == "!=")
+    if op == "in" and type(a_const) is str:
+        return _key_in(a_const, b)
+    if op == "in" and type(b_const) is list and b_const and all(type(i) is str for i in b_const):
+        return _in_const_list(a, b_const)
+    if op in ("==", "!="):
+        negate = op == "!="
+
+        def equal(ex: Exchange) -> Any:
+            x, y = a(ex), b(ex)
+            if x is MISSING or y is MISSING:
+                return None
+            r = _eq(x, y)
+            return (not r) if negate and r is not DEFER else r
+
+        return equal
+    if op == "in":
+
+        def contains(ex: Exchange) -> Any:
+            x, y = a(ex), b(ex)
+            if x is MISSING or y is MISSING:
+                return None
+            if type(y) is list:
+                found: Any = False
+                for item in y:
+                    r = _eq(x, item)
+                    if r is True:
+                        return True
+                    if r is DEFER:
+                        found = DEFER
+                return found
+            if type(y) is dict and type(x) is str:
+                return x in y
+            return DEFER
+
+        return contains
+    order: Callable[[Any, Any], bool] = {
+        "<": lambda x, y: x < y,
+        "<=": lambda x, y: x <= y,
+        ">": lambda x, y: x > y,
+        ">=": lambda x, y: x >= y,
+    }[op]
+
+    def ordered(ex: Exchange) -> Any:
+        x, y = a(ex), b(ex)
+        if x is MISSING or y is MISSING:
+            return None
+        tx = type(x)
+        if tx is type(y) and tx in (int, str):
+            return order(x, y)
+        return DEFER
+
+    return ordered
+
+
+# Constructs whose meaning differs between RE2 (CEL) and Python's re, or that only one of them accepts.
+_RE_UNSAFE = re.compile(r"\(\?[^:i]|\\[0-9pPQEzZCXuUN]|\[\[:|\{,")
+
+
+def _method(name: str, recv: Value, arg: str) -> Bool:
+    if name == "matches":
+        if _RE_UNSAFE.search(arg):
+            raise _NotFast  # RE2 and Python differ here: let CEL run it
+        try:
+            pattern = re.compile(arg, re.ASCII)
+        except re.error:
+            raise _NotFast from None
+        search = pattern.search
+
+        def matches(ex: Exchange) -> Any:
+            x = recv(ex)
+            if x is MISSING:
+                return None
+            if type(x) is not str or "\n" in x or not x.isascii():
+                return DEFER  # "$" before a final newline and Unicode case folding differ too
+            return search(x) is not None
+
+        return matches
+    test: Callable[[str], bool] = {
+        "startsWith": lambda s: s.startswith(arg),
+        "endsWith": lambda s: s.endswith(arg),
+        "contains": lambda s: arg in s,
+    }[name]
+
+    def method(ex: Exchange) -> Any:
+        x = recv(ex)
+        if x is MISSING:
+            return None
+        return test(x) if type(x) is str else DEFER
+
+    return method
+
+
+_REL_OPS: Final = frozenset({"==", "!=", "<", "<=", ">", ">=", "in"})
+_STR_METHODS: Final = frozenset({"startsWith", "endsWith", "contains", "matches"})
+
+
+@lru_cache(maxsize=4096)
+def _address_int(ip: str) -> tuple[int, int]:
+    addr = _address(ip)
+    return addr.version, int(addr)
+
+
+def _cidr_test(ip: Value, cidrs: list[str]) -> Bool:
+    # (version, network address, mask) as ints: a masked compare instead of ipaddress's __contains__.
+    nets = tuple((n.version, int(n.network_address), int(n.netmask)) for n in map(_network, cidrs))
+
+    def inside(ex: Exchange) -> Any:
+        x = ip(ex)
+        if type(x) is not str:
+            return None if x is MISSING else DEFER
+        try:
+            version, value = _address_int(x)
+        except ValueError:
+            return None
+        return any(version == ver and value & mask == network for ver, network, mask in nets)
+
+    return inside
+
+
+def _header_fn(side: str, name: str) -> Value:
+    return lambda ex: v.state(ex).header_values(side, name)
+
+
+def _query_fn(name: str) -> Value:
+    def values(ex: Exchange) -> Any:
+        return v.state(ex).get("req.url.query_params").get(name, [])
+
+    return values
+
+
+class _Parser:
+    """Recursive descent over the tokens, for the subset of CEL the fast path covers."""
+
+    def __init__(self, toks: list[Tok]) -> None:
+        self.toks = toks
+        self.pos = 0
+
+    def peek(self, ahead: int = 0) -> str:
+        at = self.pos + ahead
+        return self.toks[at].text if at < len(self.toks) else ""
+
+    def take(self, text: str | None = None) -> Tok:
+        if self.pos >= len(self.toks) or (text is not None and self.toks[self.pos].text != text):
+            raise _NotFast
+        self.pos += 1
+        return self.toks[self.pos - 1]
+
+    def done(self) -> bool:
+        return self.pos == len(self.toks)
+
+    def string(self) -> str:
+        tok = self.take()
+        if tok.kind != "str" or tok.value is None:
+            raise _NotFast
+        value: str = tok.value
+        return value
+
+    # bool := and ('||' and)* ; and := unary ('&&' unary)* ; unary := '!' unary | relation
+    def boolean(self) -> Bool:
+        left = self.conjunction()
+        while self.peek() == "||":
+            self.take()
+            left = _or(left, self.conjunction())
+        return left
+
+    def conjunction(self) -> Bool:
+        left = self.unary()
+        while self.peek() == "&&":
+            self.take()
+            left = _and(left, self.unary())
+        return left
+
+    def unary(self) -> Bool:
+        if self.peek() == "!":
+            self.take()
+            return _not(self.unary())
+        if self.peek() == "(":
+            self.take()
+            inner = self.boolean()
+            self.take(")")
+            if self.peek() in _REL_OPS or self.peek() == ".":
+                raise _NotFast
+            return inner
+        start = self.pos
+        kind, fn = self.operand()
+        const = self.constant_at(start)
+        if self.peek() in _REL_OPS:
+            if kind != "value":
+                raise _NotFast
+            op = self.take().text
+            start = self.pos
+            kind2, rhs = self.operand()
+            if kind2 != "value":
+                raise _NotFast
+            return _compare(op, fn, rhs, const, self.constant_at(start))
+        return fn if kind == "bool" else _truth(fn)
+
+    def constant_at(self, start: int) -> Any:
+        """The literal the tokens from ``start`` to here spell, or NO_CONST."""
+        toks = self.toks[start : self.pos]
+        if len(toks) == 1 and toks[0].kind in ("str", "num") and toks[0].value is not None:
+            return toks[0].value
+        if len(toks) == 1 and toks[0].text in ("true", "false"):
+            return toks[0].text == "true"
+        if toks and toks[0].text == "[":
+            return [t.value for t in toks if t.kind in ("str", "num")]
+        return NO_CONST
+
+    def operand(self) -> tuple[str, Callable[[Exchange], Any]]:
+        tok = self.take()
+        if tok.kind == "str":
+            if tok.value is None:
+                raise _NotFast
+            const: Any = tok.value
+            return "value", lambda ex: const
+        if tok.kind == "num":
+            if tok.value is None:
+                raise _NotFast
+            number: int = tok.value
+            return "value", lambda ex: number
+        if tok.text in ("true", "false"):
+            flag = tok.text == "true"
+            return "value", lambda ex: flag
+        if tok.text == "[":
+            items = self.literal_list()
+            return "value", lambda ex: items
+        if tok.kind != "id":
+            raise _NotFast
+        if self.peek() == "(":
+            return self.call(tok.text)
+        if tok.text not in ROOTS:
+            raise _NotFast
+        return self.postfix(tok.text)
+
+    def literal_list(self) -> list[Any]:
+        items: list[Any] = []
+        while self.peek() != "]":
+            tok = self.take()
+            if tok.kind not in ("str", "num") or tok.value is None:
+                raise _NotFast
+            items.append(tok.value)
+            if self.peek() == ",":
+                self.take()
+        self.take("]")
+        return items
+
+    def postfix(self, root: str) -> tuple[str, Callable[[Exchange], Any]]:
+        segs: list[Any] = []
+        while True:
+            if self.peek() == "." and self.pos + 1 < len(self.toks) and self.toks[self.pos + 1].kind == "id":
+                name = self.toks[self.pos + 1].text
+                if self.peek(2) == "(":
+                    if name not in _STR_METHODS:
+                        raise _NotFast
+                    self.pos += 3
+                    arg = self.string()
+                    self.take(")")
+                    return "bool", _method(name, _path_getter(root, segs), arg)
+                if name.startswith("`"):
+                    raise _NotFast
+                segs.append(name)
+                self.pos += 2
+            elif self.peek() == "[":
+                self.take()
+                tok = self.take()
+                if tok.value is None or tok.kind not in ("str", "num"):
+                    raise _NotFast
+                segs.append(tok.value)
+                self.take("]")
+            else:
+                return "value", _path_getter(root, segs)
+
+    def call(self, name: str) -> tuple[str, Callable[[Exchange], Any]]:
+        self.take("(")
+        if name in ("hasReqHeader", "hasResHeader", "getReqHeader", "getResHeader"):
+            header = self.string()
+            self.take(")")
+            values = _header_fn("req" if "Req" in name else "res", header)
+            if name.startswith("has"):
+                return "bool", lambda ex: bool(values(ex))
+            return self.index_after(values)
+        if name in ("hasQueryParam", "getQueryParam"):
+            param = self.string()
+            self.take(")")
+            params = _query_fn(param)
+            if name.startswith("has"):
+                return "bool", lambda ex: bool(params(ex))
+            return self.index_after(params)
+        if name in ("inCidrRange", "inCidrRanges"):
+            kind, ip = self.operand()
+            if kind != "value":
+                raise _NotFast
+            self.take(",")
+            if name == "inCidrRange":
+                cidrs = [self.string()]
+            else:
+                self.take("[")
+                cidrs = self.literal_list()
+                if not all(type(c) is str for c in cidrs):
+                    raise _NotFast
+            self.take(")")
+            try:
+                return "bool", _cidr_test(ip, cidrs)
+            except ValueError:
+                raise _NotFast from None
+        raise _NotFast
+
+    def index_after(self, fn: Value) -> tuple[str, Callable[[Exchange], Any]]:
+        if self.peek() != "[":
+            return "value", fn
+        self.take()
+        tok = self.take()
+        if tok.kind != "num" or tok.value is None:
+            raise _NotFast
+        at: int = tok.value
+        self.take("]")
+        return "value", lambda ex: _index(fn(ex), at)
+
+
+def fast_bool(toks: list[Tok]) -> Bool | None:
+    """A closure for ``toks`` as a condition, or None when the fast path does not cover it."""
+    parser = _Parser(toks)
+    try:
+        fn = parser.boolean()
+    except _NotFast:
+        return None
+    return fn if parser.done() else None
+
+
+def fast_value(toks: list[Tok]) -> Value | None:
+    """A closure for ``toks`` as a value (a variable path), or None."""
+    parser = _Parser(toks)
+    try:
+        kind, fn = parser.operand()
+    except _NotFast:
+        return None
+    return fn if kind == "value" and parser.done() else None
+
+
+# ---- compiled expressions ----------------------------------------------------------------------------
+
+
+def _clean(error: Exception) -> str:
+    """CEL's error text without its status prefix and caret drawing: ``1:5: undeclared reference...``."""
+    lines = [ln for ln in str(error).splitlines() if ln.strip()]
+    first = lines[0] if lines else str(error)
+    first = re.sub(r"^[A-Z_]+: ", "", first)
+    first = first.replace("ERROR: <input>:", "").replace(" (in container '')", "").strip()
+    return first
+
+
+class CompiledExpression:
+    """One CEL expression: ``truth(ex)`` for a rule condition, ``evaluate(ex)`` for a value."""
+
+    __slots__ = (
+        "_bool",
+        "_build",
+        "_kinds",
+        "_reads_exchange",
+        "_value",
+        "needs",
+        "program",
+        "source",
+        "text",
+        "truth",
+        "wide",
+    )
+
+    def __init__(self, source: str, text: str, program: Any, needs: frozenset[str], toks: list[Tok]) -> None:
+        self.source = source
+        self.text = text  # what CEL compiled (bare struct names rewritten)
+        self.program = program
+        self.needs = needs  # the variables it reads
+        self._kinds = v.kinds_of(needs)
+        self.wide = needs  # what an activation built for it carries (see PolicyEnv.share_needs)
+        self._build = env().Activation
+        # getReqHeader() & co read the exchange being evaluated (see _CURRENT).
+        self._reads_exchange = any(t.text in _REQ_FUNCS or t.text in _RES_FUNCS for t in toks)
+        self._bool = fast_bool(toks)
+        self._value = fast_value(toks)
+        # ``truth(ex)``: the condition's answer; an error or a non-bool result counts as false. A closure
+        # rather than a method: it is the engine's innermost call.
+        self.truth: Callable[[Exchange], bool] = self._slow_truth
+        fast = self._bool
+        if fast is not None:
+            slow = self._slow_truth
+
+            def truth(ex: Exchange) -> bool:
+                r = fast(ex)
+                if r is True:
+                    return True
+                return slow(ex) if r is DEFER else False
+
+            self.truth = truth
+
+    @property
+    def fast(self) -> bool:
+        """Whether the fast path covers this expression (CEL runs only when it defers)."""
+        return self._bool is not None or self._value is not None
+
+    def _run(self, ex: Exchange) -> Any:
+        act = v.state(ex).activation(self.needs, self._kinds, self.wide, self._build)
+        if not self._reads_exchange:
+            return self.program.eval(act)
+        _CURRENT.ex = ex
+        try:
+            return self.program.eval(act)
+        finally:
+            _CURRENT.ex = None
+
+    def _slow_truth(self, ex: Exchange) -> bool:
+        try:
+            return self._run(ex).value() is True
+        except Exception:  # a value CEL cannot take (from set-vars, say) fails the rule, not the request
+            return False
+
+    def evaluate(self, ex: Exchange) -> Any:
+        """The expression's value as plain Python (str, int, float, bool, None, bytes, list, dict)."""
+        fast = self._value
+        if fast is not None:
+            r = fast(ex)
+            if r is not MISSING:
+                return r
+        elif self._bool is not None:
+            r = self._bool(ex)
+            if type(r) is bool:
+                return r
+        try:
+            result = self._run(ex)
+        except Exception as exc:
+            raise EvaluationError(f"{self.source}: {exc}") from exc
+        if result.type() == _cel.Type.ERROR:
+            raise EvaluationError(f"{self.source}: {_clean(Exception(result.value()))}")
+        return result.plain_value()
+
+
+def compile_expression(
+    source: str, phase: str | None = None, *, condition: bool = False
+) -> CompiledExpression:
+    """Compile ``source`` for ``phase`` (None: any); ``condition`` requires a bool result.
+
+    Raises ``CelCompileError`` with every static problem found (joined by "; ")."""
+    if not isinstance(source, str) or not source.strip():
+        raise CelCompileError("must be a non-empty CEL expression")
+    toks = lex(source)
+    if toks is None:
+        try:
+            env().compile(source)
+        except Exception as exc:
+            raise CelCompileError(_clean(exc)) from None
+        raise CelCompileError("cannot be read (unexpected character)")
+    found = scan(source, toks, phase)
+    problems = list(found.problems)
+    program = None
+    try:
+        program = env().compile(found.text)
+    except Exception as exc:
+        problems.insert(0, _clean(exc))
+    problems.extend(_check_cidr_literals(toks))
+    if program is not None and condition:
+        rtype = program.return_type()
+        if rtype != _B and rtype != _D:
+            problems.append(f"must evaluate to a bool, not {rtype.name().lower()}")
+    if problems:
+        raise CelCompileError("; ".join(problems))
+    text_toks = lex(found.text) if found.text != source else toks
+    return CompiledExpression(source, found.text, program, found.needs, text_toks or [])
+
+
+def to_text(value: Any) -> str:
+    """A value as it appears when interpolated into a string (JSON for lists and maps)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    try:
+        return json.dumps(value, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return str(value)

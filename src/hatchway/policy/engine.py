@@ -1,0 +1,132 @@
+"""The Traffic Policy engine: compile a document once, then run its phases for each exchange.
+
+Role: the one entry point the edge calls. ``compile_policy`` joins the rules generated from an endpoint's
+module options (``before``, run first in each phase) with the user's document and raises ``PolicyError``
+listing every problem. ``CompiledPolicy.on_*`` run one phase with ngrok's semantics: rules in order; a rule
+runs when all its expressions are true (none: always); its actions run in order; an action returning a
+``Reply`` ends the phase. An expression that fails at run time makes its rule not match; a template that
+fails to render answers 500 ``ERR_NGROK_3900``.
+Must not: do I/O or read clocks (the edge puts ``now``/``wall`` in the exchange), or copy per rule: the
+variables are built once per exchange (``variables.state``) and only what an action changed is recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hatchway.policy.cel import EvaluationError
+from hatchway.policy.document import CompiledRule, compile_document
+from hatchway.policy.interpolate import PolicyEnv
+from hatchway.policy.model import PHASES, Exchange, PolicyError, Reply
+from hatchway.policy.variables import ALL_DIRTY, SCRATCH_KEY
+
+INTERPOLATION_ERROR = "ERR_NGROK_3900"
+
+# A rule as the run loop wants it: (conditions, actions), both tuples.
+_Rule = tuple[tuple[Any, ...], tuple[Any, ...]]
+
+
+def _run(rules: Sequence[_Rule], ex: Exchange) -> Reply | None:
+    scratch = ex.scratch
+    # Variables are built on first read; if an earlier phase read some, the edge may have changed the
+    # exchange since (the response arrived, the request was forwarded): compare before trusting them.
+    st = scratch.get(SCRATCH_KEY)
+    if st is not None:
+        st.dirty = ALL_DIRTY
+    for conditions, actions in rules:
+        for condition in conditions:
+            if not condition.truth(ex):
+                break
+        else:
+            for action in actions:
+                try:
+                    reply: Reply | None = action.run(ex)
+                except EvaluationError as exc:
+                    return Reply(
+                        500,
+                        error_code=INTERPOLATION_ERROR,
+                        message=f"Traffic Policy could not evaluate an expression: {exc}",
+                    )
+                # What the action changed (headers, URL, vars, results) is recomputed when next read.
+                st = scratch.get(SCRATCH_KEY)
+                if st is not None:
+                    st.dirty = ALL_DIRTY
+                if reply is not None:
+                    return reply
+    return None
+
+
+class CompiledPolicy:
+    """A policy ready to run; immutable and shared by every exchange of its endpoint."""
+
+    __slots__ = (
+        "_request",
+        "_response",
+        "_tcp",
+        "empty",
+        "has_request_phase",
+        "has_response_phase",
+        "has_tcp_phase",
+        "needs_request_body",
+        "rules",
+    )
+
+    def __init__(self, rules: Mapping[str, Sequence[CompiledRule]]) -> None:
+        self.rules: dict[str, tuple[CompiledRule, ...]] = {p: tuple(rules.get(p, ())) for p in PHASES}
+        self._tcp = tuple((r.conditions, r.actions) for r in self.rules["on_tcp_connect"])
+        self._request = tuple((r.conditions, r.actions) for r in self.rules["on_http_request"])
+        self._response = tuple((r.conditions, r.actions) for r in self.rules["on_http_response"])
+        self.has_tcp_phase = bool(self._tcp)
+        self.has_request_phase = bool(self._request)
+        self.has_response_phase = bool(self._response)
+        self.empty = not (self._tcp or self._request or self._response)
+        self.needs_request_body = any(a.needs_body for _, actions in self._request for a in actions)
+
+    def on_tcp_connect(self, ex: Exchange) -> Reply | None:
+        """Run ``on_tcp_connect``; a Reply means close the connection (deny)."""
+        return _run(self._tcp, ex) if self._tcp else None
+
+    def on_http_request(self, ex: Exchange) -> Reply | None:
+        """Run ``on_http_request``; a Reply (also stored in ``ex.reply``) answers instead of the upstream."""
+        if not self._request:
+            return None
+        reply = ex.reply = _run(self._request, ex)
+        return reply
+
+    def on_http_response(self, ex: Exchange) -> Reply | None:
+        """Run ``on_http_response`` on ``ex.res``; a Reply replaces the response."""
+        return _run(self._response, ex) if self._response else None
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{p}={len(r)}" for p, r in self.rules.items() if r)
+        return f"CompiledPolicy({counts or 'empty'})"
+
+
+EMPTY = CompiledPolicy({})
+
+
+def compile_policy(
+    doc: Mapping[str, Any] | str | None = None, *, before: Mapping[str, Any] | None = None
+) -> CompiledPolicy:
+    """Compile ``doc`` (YAML/JSON text or a mapping) after the module rules ``before``.
+
+    Raises ``PolicyError`` listing every problem; problems in ``before`` have paths starting ``modules.``.
+    """
+    problems = []
+    merged: dict[str, list[CompiledRule]] = {p: [] for p in PHASES}
+    envs: dict[str, PolicyEnv] = {}  # one per phase, shared by the module rules and the user's
+    for part, prefix in ((before, "modules."), (doc, "")):
+        if part is None:
+            continue
+        phases, found = compile_document(part, prefix, envs)
+        problems.extend(found)
+        for phase, rules in phases.items():
+            merged[phase].extend(rules)
+    if problems:
+        raise PolicyError(problems)
+    for env in envs.values():
+        env.share_needs()
+    if not any(merged.values()):
+        return EMPTY
+    return CompiledPolicy(merged)
