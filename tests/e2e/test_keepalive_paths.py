@@ -16,6 +16,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import h11
 import pytest
@@ -230,3 +231,32 @@ def test_a_response_cut_short_breaks_only_its_connection(
         fresh.close()
     log = (edge_proc.data_dir / "edge.log").read_bytes()
     assert b"Traceback" not in log, log.decode()
+
+
+def test_request_rules_run_once_per_request_on_either_path(
+    edge_proc: EdgeProc, agents: Agents, upstream: int, tmp_path: Path
+) -> None:
+    """Request-phase rules also run on the fast path; each request is counted exactly once."""
+    policy = tmp_path / "policy.yml"
+    policy.write_text(
+        "on_http_request:\n"
+        "  - expressions: [\"req.url.path.startsWith('/len/9')\"]\n"
+        "    actions: [{type: deny, config: {status_code: 451}}]\n"
+        "  - actions:\n"
+        "      - type: rate-limit\n"
+        "        config: {name: once, algorithm: sliding_window, capacity: 5, rate: 60s,"
+        " bucket_key: [conn.client_ip]}\n"
+    )
+    agent = agents.start("http", str(upstream), "--scheme", "http", "--traffic-policy-file", str(policy))
+    c = Client(edge_proc, agent.host)
+    try:
+        _expect_len(c.get("/len/1"), 1)  # general path (opens the stream)
+        _expect_len(c.get("/len/2"), 2)  # fast path
+        assert c.get("/len/9")[0] == 451  # answered by the edge, from the fast path
+        assert c.get("/chunked")[2] == b"hello world"  # handed over mid-exchange
+        _expect_len(c.get("/len/3"), 3)
+        _expect_len(c.get("/len/4"), 4)  # the 5th counted (the denied one is not: deny comes first)
+        status, headers, _, _ = c.get("/len/5")
+        assert status == 429 and int(headers[b"retry-after"]) > 0
+    finally:
+        c.close()

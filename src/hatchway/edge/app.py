@@ -8,6 +8,7 @@ endpoints. It wires parts together and owns their lifetimes; it holds no protoco
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -135,6 +136,7 @@ class Edge:
             self._revision = self.store.revision()
             self._poller = asyncio.ensure_future(self._watch_store())
         self._sweeper = asyncio.ensure_future(self._sweep_idle())
+        settle_heap()
         self._write_discovery()
 
     def _write_discovery(self) -> None:
@@ -188,6 +190,16 @@ class Edge:
             elif c.transport is not None:
                 c.transport.close()
         await self.tunnels.aclose(drain=1.0)
+
+
+def settle_heap() -> None:
+    """Move what is alive now (modules, config, compiled policies) out of the cyclic GC's way.
+
+    A full collection walks every tracked object; with the CEL engine loaded that took over 10 ms and
+    showed up as the p99 of small requests. Frozen objects are skipped by later collections. Called once
+    the edge has started and after a policy is compiled (both rare)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _secret_key(path: Path) -> bytes:

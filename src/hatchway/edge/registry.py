@@ -9,6 +9,7 @@ given (the store).
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import random
@@ -183,11 +184,17 @@ class Registry:
                 policy = modules.endpoint_policy(opts)
             except modules.ModuleError as exc:
                 return _bind_error(str(exc), exc.code)
+            # Compiled policies (and the CEL engine on first use) live as long as the endpoint: keep them
+            # out of the cyclic GC's full passes, which otherwise cost the p99 of small requests.
+            gc.collect()
+            gc.freeze()
         url = self.url_for(bind.proto, host)
         ep = Endpoint.build(bind.proto, host, url, tunnel_id, session, account, bind)
         if policy is not None:
             ep.policy = policy
-            ep.fast_add = None  # the fast path runs no policy
+            # The fast path runs request-phase rules only (no body to read, no response head to change).
+            if policy.needs_request_body or policy.has_response_phase or policy.has_tcp_phase:
+                ep.fast_add = None
         self.endpoints[key] = [*current, ep]
         logger.info(
             "endpoint online %s (tunnel %s, account %s, metadata %r)",

@@ -24,7 +24,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Literal, cast
 
 import httptools
 
@@ -49,7 +49,7 @@ from hatchway.http.h1 import (
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
 from hatchway.policy.compress import Encoder
-from hatchway.policy.model import Reply
+from hatchway.policy.model import Reply, TlsInfo
 from hatchway.wire.frames import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,13 @@ class _Fast:
     response head has not been passed on yet and ``buf`` holds what arrived of it; otherwise ``buf``
     holds body bytes not yet written and ``remaining`` counts the body bytes still due)."""
 
-    __slots__ = ("buf", "ep", "remaining", "req", "sent_host", "stream", "waiter")
+    __slots__ = ("buf", "ep", "remaining", "req", "run", "sent_host", "stream", "waiter")
 
-    def __init__(self, req: Request, ep: Endpoint, stream: MuxStream, sent_host: bytes) -> None:
+    def __init__(
+        self, req: Request, ep: Endpoint, stream: MuxStream, sent_host: bytes, run: PolicyRun | None
+    ) -> None:
         self.req = req
+        self.run = run
         self.ep = ep
         self.stream = stream
         self.sent_host = sent_host
@@ -183,6 +186,7 @@ class Http1Connection(asyncio.Protocol):
         self._stream: MuxStream | None = None
         self._stream_ep: Endpoint | None = None
         self._fast: _Fast | None = None
+        self._tls_info: TlsInfo | Literal[False] | None = False  # False: not looked up yet
 
     # ---- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -335,15 +339,30 @@ class Http1Connection(asyncio.Protocol):
         conn = ep.session.conn
         if conn.is_closed:
             return False
+        run: PolicyRun | None = None
+        if ep.policy is not None:
+            # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well.
+            run = PolicyRun(ep, ep.policy, req, self._tls())
+            reply = run.request(req)
+            if reply is not None:
+                run.finish(reply.status)
+                accept = hh.get(req.headers, b"accept")
+                try:
+                    self._write(reply_bytes(reply, accept, close=False, head_only=req.method == b"HEAD"))
+                except ClientGone:
+                    pass
+                return True
         head, sent_host = upstream_head(ep, req)
         # The whole head must fit the window now, or order could break against a later write.
         if conn.session.send_window(st.id) < len(head):
+            if run is not None:
+                req.extra["policy_run"] = run  # the general path must not run the rules a second time
             return False
         try:
             st.write_nowait(head)
         except (SessionClosedError, StreamResetError):
             return False
-        self._fast = _Fast(req, ep, st, sent_host)
+        self._fast = _Fast(req, ep, st, sent_host, run)
         st.set_sink(self._fast_data, self._fast_end)
         return True
 
@@ -396,6 +415,8 @@ class Http1Connection(asyncio.Protocol):
             self._fast_handover(fast)
             return
         head, length = out
+        if fast.run is not None:
+            fast.run.finish(int(head[9:12]))
         self._write(head + buf[end + 4 :] if body_len else head)
         fast.buf = b""
         fast.remaining = length - body_len
@@ -552,6 +573,12 @@ class Http1Connection(asyncio.Protocol):
         await self._drain()
         return not close
 
+    def _tls(self) -> TlsInfo | None:
+        """``conn.tls.*`` for policies, looked up once per connection."""
+        if self._tls_info is False:
+            self._tls_info = tls_info(self.transport)
+        return self._tls_info
+
     async def _send_reply(self, reply: Reply, req: Request, body: Body) -> bool:
         """An answer the policy made (deny, custom-response, basic-auth's 401...)."""
         close = not req.keep_alive or not body.eof or req.upgrade
@@ -563,7 +590,7 @@ class Http1Connection(asyncio.Protocol):
     async def _policy_request(self, ep: Endpoint, req: Request, body: Body) -> tuple[PolicyRun, Reply | None]:
         """Run the endpoint's connect and request phases (reading a bounded body first if asked)."""
         assert ep.policy is not None
-        run = PolicyRun(ep, ep.policy, req, tls_info(self.transport))
+        run = PolicyRun(ep, ep.policy, req, self._tls())
         reply = run.tcp_connect()
         if reply is None and run.needs_body:
             data = await body.peek_all(MAX_POLICY_BODY) if req.has_body else b""
@@ -586,7 +613,13 @@ class Http1Connection(asyncio.Protocol):
         if resume is not None:
             if resume.remaining >= 0:
                 return await self._finish_fast_body(resume)
-            return await self._exchange_on(resume.ep, req, body, resume.sent_host, b"", resume)
+            try:
+                return await self._exchange_on(
+                    resume.ep, req, body, resume.sent_host, b"", resume, resume.run
+                )
+            finally:
+                if resume.run is not None:
+                    resume.run.finish(0)  # no-op when the response was reported already
         if not req.host:
             return await self._send_error(errors.bad_request("missing Host header"), req, body)
         ep = self.registry.route(self.scheme, req.host)
@@ -596,7 +629,11 @@ class Http1Connection(asyncio.Protocol):
             )
         run: PolicyRun | None = None
         if ep.policy is not None:
-            run, reply = await self._policy_request(ep, req, body)
+            prior = req.extra.pop("policy_run", None)
+            if isinstance(prior, PolicyRun):
+                run, reply = prior, None
+            else:
+                run, reply = await self._policy_request(ep, req, body)
             if reply is not None:
                 if run.closes_connection:
                     return False
@@ -626,7 +663,7 @@ class Http1Connection(asyncio.Protocol):
                 if resume is not None and attempt == 0:
                     # The fast path sent the request and may have taken part of the response already.
                     stream = resume.stream
-                    return await self._relay_response(ep, req, body, stream, sent_host, resume.buf)
+                    return await self._relay_response(ep, req, body, stream, sent_host, resume.buf, run)
                 if not head:
                     head, sent_host = upstream_head(ep, req)
                 stream = await self._acquire(ep)

@@ -1,0 +1,274 @@
+"""Benchmark: what Traffic Policy rules cost in requests/s through the edge (our agent, plain HTTP, 256 B).
+
+Run it as ``.venv/bin/python bench/policy_rules.py [--quick]``. It installs nothing: it needs ``wrk`` and
+``nginx`` on PATH and prints the ``apt-get`` line when one is missing. Everything listens on 127.0.0.1.
+It reuses ``bench/http_proxy.py``'s process handling, nginx config, wrk runner and parser, and starts:
+
+* ``upstream``: nginx (one worker, keep-alive, no access log) serving a 256-byte file over plain HTTP;
+* ``hatchway edge`` (its own data dir, ``--log-level warn``) and one ``hatchway http UPSTREAM --scheme
+  http`` agent per configuration, each on its own endpoint name:
+
+  - ``0 rules``: no policy at all. Such an endpoint takes the edge's fast path, which skips the general
+    request path entirely, so this is the baseline every ratio is taken against;
+  - ``1 trivial rule``: one rule that never matches (``req.method == 'TRACE'`` -> deny). It prices
+    entering the general path (building the policy's view of the request, running a phase) apart from
+    the per-rule cost;
+  - ``1 add-headers rule``: one rule without expressions adding a request header, for the cost of a
+    policy that changes the request (the request head is rebuilt before it goes upstream);
+  - ``5 rules`` / ``20 rules``: a mix like real policies: four in five are expressions on
+    ``req.url.path``, ``req.headers`` and ``req.method`` that do not match (deny / custom-response
+    behind them), one in five has no expression and adds a request header (add-headers).
+
+wrk (``-t1 -c50 --latency``, the endpoint's Host header sent to 127.0.0.1, which is what any plain-HTTP
+client does, so ``/etc/hosts`` is left alone) measures every configuration in interleaved rounds (each
+round visits all of them, the order rotating between rounds). The table shows medians over rounds,
+p50/p99, the ratio to the 0-rule run, errors (non-2xx or socket errors) and the CPU of the edge and of
+that configuration's agent (% of one core). The target from the issue, "20 rules cost under 15% of
+throughput" (20 rules >= 0.85x the 0-rule req/s), is marked met or missed; the exit status is 0 only
+when it is met. Every child process is stopped at the end, also on Ctrl-C or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: import its sibling
+import http_proxy as hp
+
+TOOLS = {"wrk": "wrk", "nginx": "nginx"}
+TARGET_RATIO = 0.85  # 20 rules may cost at most 15% of the 0-rule throughput
+# (name, rules); -1 stands for the single add-headers rule.
+CONFIGS = [
+    ("0 rules", 0),
+    ("1 trivial rule", 1),
+    ("1 add-headers rule", -1),
+    ("5 rules", 5),
+    ("20 rules", 20),
+]
+SMALL = "small.bin"
+PLAIN_SERVER = """\
+    server {{
+        listen {host}:{port};
+        root {dir}/www;
+    }}
+"""
+
+# Rules that do not match the benchmark's GET /small.bin (what most rules in a real policy do for most
+# requests), and the one kind that does. Each template takes the rule's index for distinct values.
+_MISSES = [
+    lambda i: {
+        "expressions": [f"req.url.path.startsWith('/admin{i}/')"],
+        "actions": [{"type": "deny"}],
+    },
+    lambda i: {
+        "expressions": [f"'x-debug-{i}' in req.headers"],
+        "actions": [{"type": "custom-response", "config": {"status_code": 418, "body": "debug"}}],
+    },
+    lambda i: {
+        "expressions": [f"req.method == 'POST' && req.url.path == '/upload{i}'"],
+        "actions": [{"type": "deny", "config": {"status_code": 405}}],
+    },
+    lambda i: {
+        "expressions": [f"req.url.path.matches('^/(wp-admin|phpmyadmin|cgi-bin{i})')"],
+        "actions": [{"type": "deny", "config": {"status_code": 404}}],
+    },
+]
+
+
+def _hit(i: int) -> dict[str, Any]:
+    return {"actions": [{"type": "add-headers", "config": {"headers": {f"x-policy-{i}": "seen"}}}]}
+
+
+def policy_for(n: int) -> dict[str, Any] | None:
+    """The policy document of a configuration with ``n`` rules (None: no policy)."""
+    if n == 0:
+        return None
+    if n == -1:
+        return {"on_http_request": [_hit(0)]}
+    if n == 1:
+        return {
+            "on_http_request": [{"expressions": ["req.method == 'TRACE'"], "actions": [{"type": "deny"}]}]
+        }
+    rules = [_hit(i) if i % 5 == 4 else _MISSES[i % 5](i) for i in range(n)]
+    return {"on_http_request": rules}
+
+
+def check_policies() -> None:
+    """Compile every generated policy here first, so a typo fails fast with its path, not as a bind error."""
+    from hatchway.policy.engine import compile_policy
+
+    for _, n in CONFIGS:
+        doc = policy_for(n)
+        if doc is not None:
+            compile_policy(doc)
+
+
+def start(bench: hp.Bench) -> dict[str, str]:
+    """Upstream, edge and one agent per configuration; returns configuration -> endpoint URL."""
+    w = bench.work
+    w.chmod(0o755)  # nginx workers run as an unprivileged user when started by root
+    (w / "www").mkdir()
+    (w / "www" / SMALL).write_bytes(os.urandom(hp.FILES["256B"][1]))
+    (up,) = hp.free_ports(1)
+    bench.start_nginx("upstream", PLAIN_SERVER.format(host=hp.HOST, port=up, dir=w))
+    hp.wait_port(up)
+
+    data = w / "edge"
+    data.mkdir()
+    edge_log = w / "edge.log"
+    edge = bench.children.start(
+        "hatchway edge",
+        [hp.HATCHWAY, "edge", "--data-dir", str(data), "--log-level", "warn"]
+        + [f"--{k}-addr={hp.HOST}:0" for k in ("http", "https", "tunnel")],
+        edge_log,
+    )
+    deadline = time.monotonic() + hp.START_LIMIT
+    while not ((data / "edge.json").exists() and (data / "dev-token").exists()):
+        if edge.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"hatchway edge did not start:\n{edge_log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    env = {**os.environ, "HATCHWAY_DATA_DIR": str(data)}
+    urls: dict[str, str] = {}
+    for name, n in CONFIGS:
+        slug = f"rules{n}" if n >= 0 else "add-headers"
+        cmd = [hp.HATCHWAY, "http", f"{hp.HOST}:{up}", "--domain", f"policy-bench-{slug}.hatchway.localhost"]
+        cmd += ["--scheme", "http", *hp.LOG_JSON]
+        doc = policy_for(n)
+        if doc is not None:
+            file = w / f"{slug}.json"
+            file.write_text(json.dumps(doc, indent=2))
+            cmd += ["--traffic-policy-file", str(file)]
+        log = w / f"agent-{slug}.log"
+        agent = bench.children.start(f"hatchway http ({name})", cmd, log, env=env)
+        (url,) = hp.wait_lines(log, agent, r'"url": "([^"]+)"', 1)[:1]
+        urls[name] = url
+        # "hatchway..." targets get wrk's Host-header script in hp.run_wrk (bench.hosts_ok is False).
+        bench.pgids[f"hatchway {name}"] = [edge.pid, agent.pid]
+    return urls
+
+
+def measure(bench: hp.Bench, urls: dict[str, str], args: argparse.Namespace) -> dict[str, list[hp.Sample]]:
+    names = [name for name, _ in CONFIGS]
+    for name in names:  # warm-up: connections, the edge's first-request paths, compiled policies
+        sample = hp.run_wrk(bench, f"hatchway {name}", f"{urls[name]}/{SMALL}", args, 1)
+        if sample.errors:
+            raise RuntimeError(f"{name}: {sample.errors} errors in the warm-up (see the agent/edge logs)")
+    samples: dict[str, list[hp.Sample]] = {name: [] for name in names}
+    for rnd in range(args.rounds):
+        for name in hp.rotated(names, rnd):
+            s = hp.run_wrk(bench, f"hatchway {name}", f"{urls[name]}/{SMALL}", args, args.duration)
+            samples[name].append(s)
+            bench.children.check_alive()
+            print(
+                f"  round {rnd + 1}/{args.rounds} {name:<18} {s.rps:>10,.0f} req/s p99 {s.p99_ms:6.2f} ms"
+                + (f" errors {s.errors}" if s.errors else ""),
+                flush=True,
+            )
+    return samples
+
+
+def report(samples: dict[str, list[hp.Sample]]) -> bool:
+    def med(name: str, attr: str) -> float:
+        return float(statistics.median(getattr(s, attr) for s in samples[name]))
+
+    base = med("0 rules", "rps")
+    head = ["configuration", "req/s", "p50 ms", "p99 ms", "x 0 rules", "errors", "cpu % edge/agent"]
+    lines = [head]
+    for name, _ in CONFIGS:
+        cpu = [statistics.median(s.cpu[i] for s in samples[name]) for i in range(len(samples[name][0].cpu))]
+        lines.append(
+            [
+                name,
+                hp.fmt(med(name, "rps")),
+                hp.fmt(med(name, "p50_ms")),
+                hp.fmt(med(name, "p99_ms")),
+                hp.fmt(med(name, "rps") / base),
+                str(sum(s.errors for s in samples[name])),
+                "/".join(f"{c:.0f}" for c in cpu),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    print("\nrequests/s through edge + agent (plain HTTP, 256 B, wrk -t1 -c50), medians over rounds")
+    for i, line in enumerate(lines):
+        print(
+            "  ".join(
+                c.ljust(w) if j == 0 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+    trivial, twenty = med("1 trivial rule", "rps"), med("20 rules", "rps")
+    ratio = twenty / base
+    errors = sum(s.errors for name in samples for s in samples[name])
+    ok = ratio >= TARGET_RATIO and errors == 0
+
+    def change(a: float, b: float) -> str:
+        return f"{a / b - 1:+.1%} req/s"
+
+    add_headers = med("1 add-headers rule", "rps")
+    print(f"\n  [info] entering the general path (1 trivial rule vs 0 rules): {change(trivial, base)}")
+    print(f"  [info] changing the request (1 add-headers vs 1 trivial rule): {change(add_headers, trivial)}")
+    print(f"  [info] 19 more rules (20 rules vs 1 trivial rule): {change(twenty, trivial)}")
+    print(f"  [{'met' if ok else 'MISSED'}] 20 rules cost under 15% of throughput: they cost {1 - ratio:.1%}")
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 rounds of 3 s runs (about a minute in all)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5, --quick 3)")
+    ap.add_argument("--duration", type=float, help="seconds per wrk run (default 5, --quick 3)")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (policies, configs and logs)")
+    args = ap.parse_args()
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.duration = args.duration or (3 if args.quick else 5)
+    args.duration = int(args.duration) if float(args.duration).is_integer() else args.duration
+
+    if missing := [tool for tool in TOOLS if shutil.which(tool) is None]:
+        print(f"missing: {', '.join(missing)}; install them with:")
+        print(f"  apt-get update && apt-get install -y {' '.join(sorted({TOOLS[t] for t in missing}))}")
+        return 2
+    check_policies()
+    work = Path(tempfile.mkdtemp(prefix="hatchway-policy-bench-"))
+    bench = hp.Bench(work)
+    bench.hosts_ok = False  # plain HTTP: dial 127.0.0.1 with the endpoint's Host header
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    t0 = time.monotonic()
+    try:
+        urls = start(bench)
+        print(f"work dir {work}; endpoints:")
+        for name, url in urls.items():
+            print(f"  {name:<18} {url}")
+        print(
+            f"wrk -t1 -c{args.connections} -d{args.duration}s --latency, {args.rounds} interleaved rounds;"
+            f" {os.cpu_count()} cores"
+        )
+        samples = measure(bench, urls, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+        return 130
+    finally:
+        bench.children.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    ok = report(samples)
+    print(f"\ntook {time.monotonic() - t0:.0f} s; target {'met' if ok else 'NOT met'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
