@@ -7,6 +7,12 @@ response head (before ``proxy.response_headers``); replies made by the edge come
 compress-response chose and reports the final status to actions that wait for it (circuit-breaker).
 No sockets of its own, no awaits: the listeners do the I/O (including reading a bounded request body
 first when ``needs_body``). Endpoints without a policy never get here.
+
+This runs for every request of a policy endpoint, so it does as little as it can: the endpoint's part of
+the exchange is built once per endpoint, the request headers are decoded only when something reads them
+(``_WireRequest``: ``'x' in req.headers`` and add-headers do not), and after the request phase only what
+changed is written back (headers that were only appended are encoded alone). What the listener gets is
+what the eager version gave (``tests/unit/policy/test_edge_glue.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import asyncio
 import json
 import logging
 import time
+import weakref
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
+from typing import Any
 
 from hatchway.edge import errors
 from hatchway.edge.proxy import Request, origin_form
@@ -24,12 +33,25 @@ from hatchway.http import headers as hh
 from hatchway.http.h1 import ResponseHead
 from hatchway.policy.compress import Encoder, new_encoder
 from hatchway.policy.engine import CompiledPolicy
-from hatchway.policy.model import Conn, EndpointInfo, Exchange, HttpRequest, HttpResponse, Reply, TlsInfo
+from hatchway.policy.model import (
+    Conn,
+    EndpointInfo,
+    Exchange,
+    Header,
+    HttpRequest,
+    HttpResponse,
+    Reply,
+    TlsInfo,
+    url_of,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_POLICY_BODY = 1 << 20  # a request body an action needs (verify-webhook) is read up to this size
 BODY_TOO_LARGE = "ERR_NGROK_3902"  # ngrok's "body too large to buffer for an action" family (3902-3905)
+
+# The common methods as the str the exchange holds, without decoding them each time.
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 def _text(b: bytes) -> str:
@@ -40,10 +62,136 @@ def _raw(s: str) -> bytes:
     return s.encode("latin-1", "replace")
 
 
+# Headers appended to a request whose own headers were never read (``_WireRequest.append_headers``: what
+# add-headers does with constant values), as (name, value, lower-cased name) bytes: those are the same
+# tuples of the compiled policy for every request, so their encodings are kept. Bounded all the same.
+_ENCODED: dict[Header, tuple[bytes, bytes, bytes]] = {}
+_ENCODED_MAX = 1024
+
+
+def _encoded(header: Header, keep: bool) -> tuple[bytes, bytes, bytes]:
+    name = _raw(header[0])
+    found = (name, _raw(header[1]), name.lower())
+    if keep:
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        _ENCODED[header] = found
+    return found
+
+
+# ---- the endpoint's part of the exchange, built once per endpoint ------------------------------------
+# Keyed by id(): Endpoint is an unhashable dataclass. The weak reference's callback drops the entry when the
+# endpoint goes, before its id can be reused; the URL check covers an endpoint whose fields were replaced
+# (the registry never does). EndpointInfo is frozen: sharing it cannot leak one request's changes.
+_ENDPOINTS: dict[int, tuple[weakref.ref[Endpoint], EndpointInfo]] = {}
+
+
+def _endpoint_info(ep: Endpoint) -> EndpointInfo:
+    entry = _ENDPOINTS.get(id(ep))
+    if entry is not None:
+        ref, info = entry
+        if ref() is ep and info.url is ep.url:
+            return info
+    public = ep.url.rsplit(":", 1)
+    port = (
+        int(public[1]) if len(public) == 2 and public[1].isdigit() else (443 if ep.scheme == "https" else 80)
+    )
+    info = EndpointInfo(ep.tunnel_id, ep.url, ep.host, port, ep.scheme)
+    key = id(ep)
+    try:
+        ref = weakref.ref(ep, lambda _, key=key: _ENDPOINTS.pop(key, None))  # type: ignore[misc]
+    except TypeError:  # an object without weak references (a test double): no cache
+        return info
+    _ENDPOINTS[key] = (ref, info)
+    return info
+
+
+# ---- request headers decoded on first read ------------------------------------------------------------
+# A request's ``_Wire`` is ``[raw, decoded, added, lower]``: the listener's header bytes; the list they
+# decode to, made on first need and never changed (what the request phase's changes are compared with);
+# headers appended (add-headers) while the others were still undecoded, or None; the lower-cased names of
+# ``raw`` (the listener's ``Request.lower`` when it has them), or None until needed. A list: one is made
+# per request, and a list display is the cheapest object to make.
+_Wire = list[Any]
+_RAW, _DECODED, _ADDED, _LOWER = 0, 1, 2, 3
+
+
+def _decoded(wire: _Wire) -> list[Header]:
+    decoded: list[Header] | None = wire[_DECODED]
+    if decoded is None:
+        decoded = wire[_DECODED] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in wire[_RAW]]
+    return decoded
+
+
+_HEADERS_SLOT = HttpRequest.__dict__["headers"]  # the slot under the property below
+_wire_of: Callable[[HttpRequest], _Wire] = _HEADERS_SLOT.__get__
+
+
+class _WireRequest(HttpRequest):
+    """An ``HttpRequest`` whose ``headers`` slot holds a ``_Wire`` until something reads or sets them.
+
+    Many policies never look at the headers, and decoding costs about 0.15 µs a header. The first read
+    decodes them into the slot and makes the object a plain ``HttpRequest`` (the layout is the same), so
+    later reads cost what any attribute does and ``type(req) is _WireRequest`` means "never read". Until
+    then ``append_headers`` (add-headers) only notes what it appends, and ``has_header`` (``'x' in
+    req.headers``) looks at the lower-cased names the listener made."""
+
+    __slots__ = ()
+
+    @property
+    def headers(self) -> list[Header]:
+        wire = _wire_of(self)
+        headers = list(_decoded(wire))
+        if wire[_ADDED] is not None:
+            headers.extend(wire[_ADDED])
+        _HEADERS_SLOT.__set__(self, headers)
+        self.__class__ = HttpRequest  # type: ignore[assignment]
+        return headers
+
+    @headers.setter
+    def headers(self, value: list[Header]) -> None:
+        _HEADERS_SLOT.__set__(self, value)
+        self.__class__ = HttpRequest  # type: ignore[assignment]
+
+    def append_headers(self, headers: Iterable[Header]) -> None:
+        wire = _wire_of(self)
+        if wire[_ADDED] is None:
+            wire[_ADDED] = list(headers)
+        else:
+            wire[_ADDED].extend(headers)
+
+    def has_header(self, lname: str) -> bool:
+        wire = _wire_of(self)
+        added = wire[_ADDED]
+        if added is not None:
+            for k, _ in added:
+                if k.lower() == lname:
+                    return True
+        if not lname.isascii():
+            return any(k.lower() == lname for k, _ in _decoded(wire))
+        # An ASCII name equals a decoded name's str.lower() exactly when it equals the raw name's
+        # bytes.lower(): latin-1 letters above ASCII never lower-case into ASCII.
+        lower = wire[_LOWER]
+        if lower is None:
+            lower = wire[_LOWER] = [k.lower() for k, _ in wire[_RAW]]
+        return lname.encode() in lower
+
+
 class PolicyRun:
     """The policy state of one exchange on an endpoint whose ``policy`` is set."""
 
-    __slots__ = ("_completed", "closes_connection", "encoder", "ex", "policy")
+    __slots__ = (
+        "_completed",
+        "_target_path",
+        "_target_query",
+        "_wire",
+        "closes_connection",
+        "encoder",
+        "ex",
+        "policy",
+    )
+
+    _wire: _Wire
 
     def __init__(
         self, ep: Endpoint, policy: CompiledPolicy, req: Request, tls: TlsInfo | None = None
@@ -52,31 +200,40 @@ class PolicyRun:
         self.encoder: Encoder | None = None
         self.closes_connection = False  # on_tcp_connect denied: close without an HTTP answer
         self._completed = False
-        target = origin_form(req.target)
-        path, _, query = target.partition(b"?")
-        public = ep.url.rsplit(":", 1)
-        port = (
-            int(public[1])
-            if len(public) == 2 and public[1].isdigit()
-            else (443 if ep.scheme == "https" else 80)
+        entry = _ENDPOINTS.get(id(ep))
+        if entry is not None and entry[0]() is ep and entry[1].url is ep.url:
+            endpoint = entry[1]
+        else:
+            endpoint = _endpoint_info(ep)
+        target = req.target
+        canonical = target[:1] == b"/"
+        if not canonical:
+            target = origin_form(target)
+        path_b, sep, query_b = target.partition(b"?")
+        path = path_b.decode("latin-1") or "/"
+        query = query_b.decode("latin-1") if query_b else ""
+        # The path and query as the target spells them, when writing them back would give the same bytes
+        # (origin-form, no bare "?"): the request phase then need not rewrite the target.
+        canonical = canonical and (bool(query_b) or not sep)
+        self._target_path = path if canonical else None
+        self._target_query = query if canonical else None
+        raw = req.headers
+        self._wire = wire = [raw, None, None, req.lower if len(req.lower) == len(raw) else None]
+        r = HttpRequest(
+            _METHODS.get(req.method) or req.method.decode("latin-1"),
+            req.scheme,
+            req.host,
+            endpoint.port,
+            path,
+            query,
+            req.version,
+            wire,  # type: ignore[arg-type]
         )
+        r.__class__ = _WireRequest
         wall = time.time()
-        self.ex = Exchange(
-            conn=Conn(req.client_ip, req.client_port, tls=tls, ts_start=wall),
-            endpoint=EndpointInfo(ep.tunnel_id, ep.url, ep.host, port, ep.scheme),
-            req=HttpRequest(
-                method=_text(req.method),
-                scheme=req.scheme,
-                host=req.host,
-                port=port,
-                path=_text(path) or "/",
-                query=_text(query),
-                version=req.version,
-                headers=[(_text(k), _text(v)) for k, v in req.headers],
-            ),
-            now=time.monotonic(),
-            wall=wall,
-        )
+        conn = Conn(req.client_ip, req.client_port, "", 0, tls, wall)
+        # Every field positionally, the containers as literals: cheaper than keywords and default factories.
+        self.ex = Exchange(conn, endpoint, r, None, time.monotonic(), wall, {}, {}, [], "", [], None, {})
 
     @property
     def needs_body(self) -> bool:
@@ -93,22 +250,81 @@ class PolicyRun:
 
     def request(self, req: Request) -> Reply | None:
         """Run ``on_http_request``; without a reply, the request head takes the actions' changes."""
-        before = (self.ex.req.method, self.ex.req.url, list(self.ex.req.headers))
-        reply = self.policy.on_http_request(self.ex)
+        ex = self.ex
+        r = ex.req
+        method, scheme, host, port, path, query = r.method, r.scheme, r.host, r.port, r.path, r.query
+        # Headers never read are still the listener's (see _WireRequest); others are compared after.
+        pristine = type(r) is _WireRequest and self._wire[_ADDED] is None
+        snapshot = None if pristine else list(r.headers)
+        reply = self.policy.on_http_request(ex)
         if reply is not None:
             return reply
-        r = self.ex.req
-        if (r.method, r.url, r.headers) != before:
+        r = ex.req
+        # Identity first (nothing changed, the usual case); equal URLs after all are no change either.
+        url_changed = not (
+            r.method is method
+            and r.path is path
+            and r.query is query
+            and r.host is host
+            and r.scheme is scheme
+            and r.port is port
+        ) and (r.method != method or r.url != url_of(scheme, host, port, path, query))
+        wire = self._wire
+        added: list[Header] | None = None
+        if pristine and type(r) is _WireRequest:
+            added = wire[_ADDED]  # what add-headers appended without reading the others
+            headers_changed = added is not None
+        else:
+            if snapshot is None:
+                snapshot = _decoded(wire)
+            current = r.headers
+            headers_changed = current != snapshot
+            n = len(snapshot)
+            if (
+                headers_changed
+                and snapshot is wire[_DECODED]
+                and len(current) > n
+                and current[:n] == snapshot
+            ):
+                added = current[n:]
+        if not (url_changed or headers_changed):
+            return None
+        # Method and target as the actions left them (skipped when that gives the bytes already there).
+        if _METHODS.get(req.method) is not r.method:
             req.method = _raw(r.method)
+        if r.path is not self._target_path or r.query is not self._target_query:
             req.target = _raw(r.path + (f"?{r.query}" if r.query else ""))
-            headers = [(_raw(k), _raw(v)) for k, v in r.headers]
-            if r.host != req.host:
-                headers = hh.set_host(headers, _raw(r.host))
-                req.host = r.host
+        if added is not None and req.headers is wire[_RAW]:
+            # Only appended to the listener's headers (add-headers): encode the new ones alone; the lower
+            # names and Connection tokens of the others are the listener's (or left for upstream_head).
+            keep = added is wire[_ADDED]
+            new: hh.Headers = []
+            lower: list[bytes] = []
+            for header in added:
+                name, value, lname = (_ENCODED.get(header) if keep else None) or _encoded(header, keep)
+                new.append((name, value))
+                lower.append(lname)
+            n = len(req.headers)
+            headers = req.headers + new
+            if len(req.lower) == n:
+                req.lower = req.lower + lower
+            elif req.lower:
+                req.lower = [k.lower() for k, _ in headers]
+            if b"connection" in lower:
+                req.connection = frozenset(hh.connection_tokens(headers))
             req.headers = headers
-            req.lower = [k.lower() for k, _ in headers]
-            req.connection = frozenset(hh.connection_tokens(headers))
+        elif headers_changed or (url_changed and req.headers is not wire[_RAW]):
+            self._set_headers(req, [(_raw(k), _raw(v)) for k, v in r.headers])
+        if r.host != req.host:
+            self._set_headers(req, hh.set_host(req.headers, _raw(r.host)))
+            req.host = r.host
         return None
+
+    @staticmethod
+    def _set_headers(req: Request, headers: hh.Headers) -> None:
+        req.headers = headers
+        req.lower = [k.lower() for k, _ in headers]
+        req.connection = frozenset(hh.connection_tokens(headers))
 
     def response(self, head: ResponseHead, method: bytes) -> Reply | None:
         """Run ``on_http_response`` on the upstream's head; without a reply, ``head`` takes the changes

@@ -13,7 +13,10 @@ Evaluation has two paths that give the same answers:
   ``&&``, ``||``, ``!``), compiled to Python closures that read the exchange directly. A C++ CEL call costs
   about 1.5 µs however small the expression; the closures cost a fraction of that. Whenever a closure meets
   a value it is not sure about (a list compared with ``==``, an int compared with a double...) it answers
-  ``DEFER`` and CEL decides.
+  ``DEFER`` and CEL decides. The commonest rule shapes (a string method or comparison on a string leaf such
+  as ``req.url.path``, a header's presence, and ``&&``/``||``/``!`` of those) are specialised further into
+  closures that can only answer True or False, which then are the rule's ``truth`` with no wrapper: a rule
+  costs one Python call (see ``fast_condition``).
 - CEL itself, with one activation per exchange carrying what the phase's CEL expressions read, rebuilt
   only when something it carries changed (converting values into CEL is the costly part).
 
@@ -38,7 +41,7 @@ from cel_expr_python import cel as _cel
 from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
 
 from hatchway.policy import variables as v
-from hatchway.policy.model import Exchange
+from hatchway.policy.model import Exchange, HttpRequest
 
 
 class CelCompileError(ValueError):
@@ -610,15 +613,19 @@ def _compare(op: str, a: Value, b: Value, a_const: Any = NO_CONST, b_const: Any 
 _RE_UNSAFE = re.compile(r"\(\?[^:i]|\\[0-9pPQEzZCXuUN]|\[\[:|\{,")
 
 
+def _regex(arg: str) -> Callable[[str], Any]:
+    """The search function of ``arg`` where Python's re means what RE2 does; raises _NotFast otherwise."""
+    if _RE_UNSAFE.search(arg):
+        raise _NotFast  # RE2 and Python differ here: let CEL run it
+    try:
+        return re.compile(arg, re.ASCII).search
+    except re.error:
+        raise _NotFast from None
+
+
 def _method(name: str, recv: Value, arg: str) -> Bool:
     if name == "matches":
-        if _RE_UNSAFE.search(arg):
-            raise _NotFast  # RE2 and Python differ here: let CEL run it
-        try:
-            pattern = re.compile(arg, re.ASCII)
-        except re.error:
-            raise _NotFast from None
-        search = pattern.search
+        search = _regex(arg)
 
         def matches(ex: Exchange) -> Any:
             x = recv(ex)
@@ -682,12 +689,160 @@ def _query_fn(name: str) -> Value:
     return values
 
 
+# ---- specialised conditions ----------------------------------------------------------------------------
+# The commonest rule conditions as one closure each that answers only True or False ("strict"), so that
+# ``truth`` is the closure itself: no wrapper, no getter call, the string leaf read inline. They give the
+# answers of the general closures above (tests/unit/policy/test_cel.py checks both against CEL); they
+# exist because each Python call saved is about 0.05-0.1 µs per rule and request.
+
+Truth = Callable[[Exchange], bool]
+_STR_TESTS: Final[dict[str, Callable[[str, str], bool]]] = {
+    "startsWith": str.startswith,
+    "endsWith": str.endswith,
+    "contains": str.__contains__,
+}
+
+
+def _str_read(key: str) -> Value:
+    """The getter of a string leaf (``v.STR_LEAVES``)."""
+    return v.LEAVES[key]
+
+
+def _decoded_path(ex: Exchange) -> str:
+    """``req.url.path`` as ``v.LEAVES`` computes it; unquote() returns its argument itself without a %."""
+    p = ex.req.path or "/"
+    return unquote(p) if "%" in p else p
+
+
+def _str_test(name: str, key: str, arg: str) -> Truth:
+    """``<string leaf>.startsWith|endsWith|contains('arg')``."""
+    test = _STR_TESTS[name]
+    if key == "req.url.path":
+
+        def path_test(ex: Exchange) -> bool:
+            p = ex.req.path or "/"
+            return test(unquote(p) if "%" in p else p, arg)  # unquote() returns p itself without a %
+
+        return path_test
+    read = _str_read(key)
+    return lambda ex: test(read(ex), arg)
+
+
+def _str_matches(key: str, search: Callable[[str], Any], slow: Truth | None) -> Callable[[Exchange], Any]:
+    """``<string leaf>.matches('re')``: DEFER (or, as the whole condition, ``slow``) where RE2 and re may
+    differ, True/False otherwise."""
+    if key == "req.url.path":
+        read: Value = _decoded_path
+    else:
+        read = _str_read(key)
+    if slow is None:
+
+        def matches(ex: Exchange) -> Any:
+            x = read(ex)
+            if "\n" in x or not x.isascii():
+                return DEFER
+            return search(x) is not None
+
+        return matches
+
+    if key == "req.url.path":
+
+        def path_matches_or_cel(ex: Exchange) -> bool:
+            p = ex.req.path or "/"
+            if "%" in p:
+                p = unquote(p)
+            if "\n" in p or not p.isascii():
+                return slow(ex)
+            return search(p) is not None
+
+        return path_matches_or_cel
+
+    def matches_or_cel(ex: Exchange) -> bool:
+        x = read(ex)
+        if "\n" in x or not x.isascii():
+            return slow(ex)
+        return search(x) is not None
+
+    return matches_or_cel
+
+
+def _str_equals(key: str, const: str, negate: bool) -> Truth:
+    """``<string leaf> == 'literal'`` (``!=`` with ``negate``)."""
+    if key == "req.method":
+        if negate:
+            return lambda ex: ex.req.method != const
+        return lambda ex: ex.req.method == const
+    if key == "req.url.path":
+
+        def path_equals(ex: Exchange) -> bool:
+            p = ex.req.path or "/"
+            return ((unquote(p) if "%" in p else p) == const) is not negate
+
+        return path_equals
+    read = _str_read(key)
+    if negate:
+        return lambda ex: read(ex) != const
+    return lambda ex: read(ex) == const
+
+
+def _str_in(key: str, items: list[str]) -> Truth:
+    """``<string leaf> in ['a', 'b']``."""
+    members = frozenset(items)
+    read = _str_read(key)
+    return lambda ex: read(ex) in members
+
+
+def _has_req_header(key: str) -> Truth:
+    """``'key' in req.headers``; also ``hasReqHeader(name)`` with the lower-case name (the map's keys are
+    lower-case and its lists never empty). ``VarState.get`` with its checks inline; a request of another
+    class than ``HttpRequest`` (the edge's, whose headers may not even be decoded yet) answers itself."""
+    scratch_key, dirty_bit = v.SCRATCH_KEY, v.REQ_HEADERS
+
+    def has_header(ex: Exchange) -> bool:
+        r = ex.req
+        if type(r) is not HttpRequest:
+            return r.has_header(key)
+        st = ex.scratch.get(scratch_key)
+        if st is None:
+            st = v.state(ex)
+        if st.dirty & dirty_bit:
+            st.refresh(dirty_bit)
+        hmap = st.cache.get("req.headers")
+        if hmap is None:
+            hmap = st.get("req.headers")
+        return key in hmap
+
+    return has_header
+
+
+def _strict_and(a: Truth, b: Truth) -> Truth:
+    return lambda ex: a(ex) and b(ex)
+
+
+def _strict_or(a: Truth, b: Truth) -> Truth:
+    return lambda ex: a(ex) or b(ex)
+
+
+def _strict_not(a: Truth) -> Truth:
+    return lambda ex: not a(ex)
+
+
 class _Parser:
     """Recursive descent over the tokens, for the subset of CEL the fast path covers."""
 
     def __init__(self, toks: list[Tok]) -> None:
         self.toks = toks
         self.pos = 0
+        # Bool closures known to answer only True or False (the specialised ones and strict combinations).
+        self.strict: set[Bool] = set()
+        # Bool closures that may DEFER, with how to build them as the whole condition given CEL's answer.
+        self.whole: dict[Bool, Callable[[Truth], Truth]] = {}
+        # Value closures that read a variable as such, with its dotted name ("req.url.path").
+        self.paths: dict[Value, str] = {}
+
+    def strict_(self, fn: Truth) -> Bool:
+        self.strict.add(fn)
+        return fn
 
     def peek(self, ahead: int = 0) -> str:
         at = self.pos + ahead
@@ -714,20 +869,25 @@ class _Parser:
         left = self.conjunction()
         while self.peek() == "||":
             self.take()
-            left = _or(left, self.conjunction())
+            right = self.conjunction()
+            both = left in self.strict and right in self.strict
+            left = self.strict_(_strict_or(left, right)) if both else _or(left, right)
         return left
 
     def conjunction(self) -> Bool:
         left = self.unary()
         while self.peek() == "&&":
             self.take()
-            left = _and(left, self.unary())
+            right = self.unary()
+            both = left in self.strict and right in self.strict
+            left = self.strict_(_strict_and(left, right)) if both else _and(left, right)
         return left
 
     def unary(self) -> Bool:
         if self.peek() == "!":
             self.take()
-            return _not(self.unary())
+            inner = self.unary()
+            return self.strict_(_strict_not(inner)) if inner in self.strict else _not(inner)
         if self.peek() == "(":
             self.take()
             inner = self.boolean()
@@ -746,8 +906,28 @@ class _Parser:
             kind2, rhs = self.operand()
             if kind2 != "value":
                 raise _NotFast
-            return _compare(op, fn, rhs, const, self.constant_at(start))
+            return self.compare(op, fn, rhs, const, self.constant_at(start))
         return fn if kind == "bool" else _truth(fn)
+
+    def compare(self, op: str, a: Value, b: Value, a_const: Any, b_const: Any) -> Bool:
+        """``_compare``, or a specialised strict closure for a string leaf or the request headers."""
+        a_key, b_key = self.paths.get(a), self.paths.get(b)
+        if op in ("==", "!="):
+            if a_key in v.STR_LEAVES and type(b_const) is str:
+                return self.strict_(_str_equals(a_key, b_const, op == "!="))
+            if b_key in v.STR_LEAVES and type(a_const) is str:
+                return self.strict_(_str_equals(b_key, a_const, op == "!="))
+        elif op == "in":
+            if type(a_const) is str and b_key == "req.headers":
+                return self.strict_(_has_req_header(a_const))
+            if (
+                a_key in v.STR_LEAVES
+                and type(b_const) is list
+                and b_const
+                and all(type(i) is str for i in b_const)
+            ):
+                return self.strict_(_str_in(a_key, b_const))
+        return _compare(op, a, b, a_const, b_const)
 
     def constant_at(self, start: int) -> Any:
         """The literal the tokens from ``start`` to here spell, or NO_CONST."""
@@ -809,7 +989,7 @@ class _Parser:
                     self.pos += 3
                     arg = self.string()
                     self.take(")")
-                    return "bool", _method(name, _path_getter(root, segs), arg)
+                    return "bool", self.method(name, root, segs, arg)
                 if name.startswith("`"):
                     raise _NotFast
                 segs.append(name)
@@ -822,13 +1002,31 @@ class _Parser:
                 segs.append(tok.value)
                 self.take("]")
             else:
-                return "value", _path_getter(root, segs)
+                getter = _path_getter(root, segs)
+                if all(type(seg) is str for seg in segs):
+                    self.paths[getter] = ".".join([root, *segs])
+                return "value", getter
+
+    def method(self, name: str, root: str, segs: list[Any], arg: str) -> Bool:
+        """``<path>.<name>('arg')``: specialised on a string leaf, else ``_method``."""
+        recv = _path_getter(root, segs)
+        key = ".".join([root, *segs]) if all(type(seg) is str for seg in segs) else ""
+        if key not in v.STR_LEAVES:
+            return _method(name, recv, arg)
+        if name != "matches":
+            return self.strict_(_str_test(name, key, arg))
+        search = _regex(arg)
+        fn = _str_matches(key, search, None)
+        self.whole[fn] = lambda slow: _str_matches(key, search, slow)
+        return fn
 
     def call(self, name: str) -> tuple[str, Callable[[Exchange], Any]]:
         self.take("(")
         if name in ("hasReqHeader", "hasResHeader", "getReqHeader", "getResHeader"):
             header = self.string()
             self.take(")")
+            if name == "hasReqHeader":
+                return "bool", self.strict_(_has_req_header(header.lower()))
             values = _header_fn("req" if "Req" in name else "res", header)
             if name.startswith("has"):
                 return "bool", lambda ex: bool(values(ex))
@@ -871,14 +1069,29 @@ class _Parser:
         return "value", lambda ex: _index(fn(ex), at)
 
 
-def fast_bool(toks: list[Tok]) -> Bool | None:
-    """A closure for ``toks`` as a condition, or None when the fast path does not cover it."""
+def fast_condition(toks: list[Tok], slow: Truth) -> tuple[Bool, Truth] | None:
+    """For ``toks`` as a condition: the fast closure (which may answer DEFER or None) and the rule's
+    ``truth`` built on it, which asks ``slow`` (CEL) when the closure defers; None when not covered."""
     parser = _Parser(toks)
     try:
         fn = parser.boolean()
     except _NotFast:
         return None
-    return fn if parser.done() else None
+    if not parser.done():
+        return None
+    if fn in parser.strict:
+        return fn, fn
+    whole = parser.whole.get(fn)
+    if whole is not None:
+        return fn, whole(slow)
+
+    def truth(ex: Exchange) -> bool:
+        r = fn(ex)
+        if r is True:
+            return True
+        return slow(ex) if r is DEFER else False
+
+    return fn, truth
 
 
 def fast_value(toks: list[Tok]) -> Value | None:
@@ -930,22 +1143,15 @@ class CompiledExpression:
         self._build = env().Activation
         # getReqHeader() & co read the exchange being evaluated (see _CURRENT).
         self._reads_exchange = any(t.text in _REQ_FUNCS or t.text in _RES_FUNCS for t in toks)
-        self._bool = fast_bool(toks)
         self._value = fast_value(toks)
         # ``truth(ex)``: the condition's answer; an error or a non-bool result counts as false. A closure
-        # rather than a method: it is the engine's innermost call.
+        # rather than a method: it is the engine's innermost call (for the commonest shapes, the fast
+        # closure itself, see fast_condition).
         self.truth: Callable[[Exchange], bool] = self._slow_truth
-        fast = self._bool
-        if fast is not None:
-            slow = self._slow_truth
-
-            def truth(ex: Exchange) -> bool:
-                r = fast(ex)
-                if r is True:
-                    return True
-                return slow(ex) if r is DEFER else False
-
-            self.truth = truth
+        self._bool: Bool | None = None
+        found = fast_condition(toks, self._slow_truth)
+        if found is not None:
+            self._bool, self.truth = found
 
     @property
     def fast(self) -> bool:

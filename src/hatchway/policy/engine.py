@@ -8,11 +8,13 @@ runs when all its expressions are true (none: always); its actions run in order;
 fails to render answers 500 ``ERR_NGROK_3900``.
 Must not: do I/O or read clocks (the edge puts ``now``/``wall`` in the exchange), or copy per rule: the
 variables are built once per exchange (``variables.state``) and only what an action changed is recomputed.
+The run loop is the hottest code of a policy endpoint: each rule is one prepared condition and the bound
+``run`` of its actions (see ``_Rule``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hatchway.policy.cel import EvaluationError
@@ -23,8 +25,39 @@ from hatchway.policy.variables import ALL_DIRTY, SCRATCH_KEY
 
 INTERPOLATION_ERROR = "ERR_NGROK_3900"
 
-# A rule as the run loop wants it: (conditions, actions), both tuples.
-_Rule = tuple[tuple[Any, ...], tuple[Any, ...]]
+# A rule as the run loop wants it: one condition (None: always; the conditions' ``truth`` joined by "and"
+# when there are several), its actions' ``run`` bound once here rather than looked up per request, and
+# the kinds of variables its actions may change (``variables.ALL_DIRTY`` unless each action declares less
+# in a ``dirties`` attribute, which add-headers does when it keeps the variables current itself).
+_Truth = Callable[[Exchange], bool]
+_Rule = tuple[_Truth | None, tuple[Callable[[Exchange], Reply | None], ...], int]
+
+
+def _all(truths: tuple[_Truth, ...]) -> _Truth:
+    return lambda ex: all(truth(ex) for truth in truths)
+
+
+def _condition(rule: CompiledRule) -> _Truth | None:
+    truths = tuple(c.truth for c in rule.conditions)
+    if not truths:
+        return None
+    if len(truths) == 1:
+        return truths[0]
+    if len(truths) == 2:
+        first, second = truths
+        return lambda ex: first(ex) and second(ex)
+    return _all(truths)
+
+
+def _dirties(rule: CompiledRule) -> int:
+    kinds = 0
+    for action in rule.actions:
+        kinds |= getattr(action, "dirties", ALL_DIRTY)
+    return kinds
+
+
+def _loop_rules(rules: Sequence[CompiledRule]) -> tuple[_Rule, ...]:
+    return tuple((_condition(r), tuple(a.run for a in r.actions), _dirties(r)) for r in rules)
 
 
 def _run(rules: Sequence[_Rule], ex: Exchange) -> Reply | None:
@@ -34,26 +67,25 @@ def _run(rules: Sequence[_Rule], ex: Exchange) -> Reply | None:
     st = scratch.get(SCRATCH_KEY)
     if st is not None:
         st.dirty = ALL_DIRTY
-    for conditions, actions in rules:
-        for condition in conditions:
-            if not condition.truth(ex):
-                break
-        else:
-            for action in actions:
-                try:
-                    reply: Reply | None = action.run(ex)
-                except EvaluationError as exc:
-                    return Reply(
-                        500,
-                        error_code=INTERPOLATION_ERROR,
-                        message=f"Traffic Policy could not evaluate an expression: {exc}",
-                    )
-                # What the action changed (headers, URL, vars, results) is recomputed when next read.
+    for condition, runs, dirties in rules:
+        if condition is not None and not condition(ex):
+            continue
+        for run in runs:
+            try:
+                reply: Reply | None = run(ex)
+            except EvaluationError as exc:
+                return Reply(
+                    500,
+                    error_code=INTERPOLATION_ERROR,
+                    message=f"Traffic Policy could not evaluate an expression: {exc}",
+                )
+            # What the action changed (headers, URL, vars, results) is recomputed when next read.
+            if dirties:
                 st = scratch.get(SCRATCH_KEY)
                 if st is not None:
-                    st.dirty = ALL_DIRTY
-                if reply is not None:
-                    return reply
+                    st.dirty |= dirties
+            if reply is not None:
+                return reply
     return None
 
 
@@ -74,14 +106,14 @@ class CompiledPolicy:
 
     def __init__(self, rules: Mapping[str, Sequence[CompiledRule]]) -> None:
         self.rules: dict[str, tuple[CompiledRule, ...]] = {p: tuple(rules.get(p, ())) for p in PHASES}
-        self._tcp = tuple((r.conditions, r.actions) for r in self.rules["on_tcp_connect"])
-        self._request = tuple((r.conditions, r.actions) for r in self.rules["on_http_request"])
-        self._response = tuple((r.conditions, r.actions) for r in self.rules["on_http_response"])
+        self._tcp = _loop_rules(self.rules["on_tcp_connect"])
+        self._request = _loop_rules(self.rules["on_http_request"])
+        self._response = _loop_rules(self.rules["on_http_response"])
         self.has_tcp_phase = bool(self._tcp)
         self.has_request_phase = bool(self._request)
         self.has_response_phase = bool(self._response)
         self.empty = not (self._tcp or self._request or self._response)
-        self.needs_request_body = any(a.needs_body for _, actions in self._request for a in actions)
+        self.needs_request_body = any(a.needs_body for r in self.rules["on_http_request"] for a in r.actions)
 
     def on_tcp_connect(self, ex: Exchange) -> Reply | None:
         """Run ``on_tcp_connect``; a Reply means close the connection (deny)."""

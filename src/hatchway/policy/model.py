@@ -8,7 +8,7 @@ the edge. This module holds data only: no I/O, no clocks (the edge puts ``now``/
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -56,8 +56,10 @@ class Conn:
     ts_start: float = 0.0  # unix seconds
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class EndpointInfo:
+    """What an exchange knows of its endpoint; frozen, so the edge can share one between exchanges."""
+
     id: str
     url: str
     host: str
@@ -71,6 +73,12 @@ Header = tuple[str, str]
 def _find(headers: list[Header], name: str) -> list[str]:
     lname = name.lower()
     return [v for k, v in headers if k.lower() == lname]
+
+
+def url_of(scheme: str, host: str, port: int, path: str, query: str) -> str:
+    """``HttpRequest.url`` of these parts."""
+    shown = "" if DEFAULT_PORTS.get(scheme) == port else f":{port}"
+    return f"{scheme}://{host}{shown}{path or '/'}{f'?{query}' if query else ''}"
 
 
 @dataclass(slots=True)
@@ -94,16 +102,25 @@ class HttpRequest:
     def header_values(self, name: str) -> list[str]:
         return _find(self.headers, name)
 
+    def has_header(self, lname: str) -> bool:
+        """Whether a header whose lower-cased name is ``lname`` is present (a key of ``req.headers``).
+
+        This and ``append_headers`` are what a subclass may do without the whole list (the edge's request
+        decodes its headers only when they are read)."""
+        return any(k.lower() == lname for k, _ in self.headers)
+
     def remove_header(self, name: str) -> None:
         lname = name.lower()
         self.headers = [(k, v) for k, v in self.headers if k.lower() != lname]
 
+    def append_headers(self, headers: Iterable[Header]) -> None:
+        """Add ``headers`` after the others (add-headers)."""
+        self.headers.extend(headers)
+
     @property
     def url(self) -> str:
         """The whole URL: scheme, host, the port when not the default, path and query."""
-        port = "" if DEFAULT_PORTS.get(self.scheme) == self.port else f":{self.port}"
-        query = f"?{self.query}" if self.query else ""
-        return f"{self.scheme}://{self.host}{port}{self.path or '/'}{query}"
+        return url_of(self.scheme, self.host, self.port, self.path, self.query)
 
     def set_url(self, url: str) -> None:
         """Point the request at ``url`` (url-rewrite); a relative ``url`` changes path and query only."""

@@ -19,15 +19,16 @@ both, so these are structs and ``cel`` rewrites a bare use to the field in brack
 - ``req.content_length`` / ``res.content_length`` are absent when no Content-Length was sent.
 - Times (``time.now``, ``conn.ts.start``) are RFC 3339 strings in UTC, e.g. ``2024-05-01T12:00:00Z``.
 
-Actions change ``ex.req`` / ``ex.res`` / ``ex.vars`` / ``ex.results``; the engine calls ``changed(ex)``
+Actions change ``ex.req`` / ``ex.res`` / ``ex.vars`` / ``ex.results``; the engine marks the state dirty
 after each action so that values derived from them are recomputed when next read (the cheap leaf values
-read the exchange directly and are never stale).
+read the exchange directly and are never stale). The one exception is an action that only appends request
+headers and says so (``dirties = 0``): it calls ``appended`` itself.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final
@@ -283,9 +284,12 @@ class VarState:
 
     ``changed()`` (after each action) only marks the state dirty; the next read compares the exchange with
     snapshots (URL parts, header lists, the response object, and ``vars``/results while an activation
-    carries them), drops or extends what changed and records its kind in ``changes``. The CEL activation
-    (``act``) is rebuilt only when a kind it carries changed or an expression needs fields it lacks:
-    converting Python values into CEL is the expensive part of evaluating (about 0.4 µs per header).
+    carries them), drops or extends what changed and records its kind in ``changes``. The request's
+    snapshots are taken when something derived from them is first kept (a cached value, an activation):
+    until then nothing can be stale, and the edge decodes the request headers only when they are read.
+    The CEL activation (``act``) is rebuilt only when a kind it carries changed or an expression needs
+    fields it lacks: converting Python values into CEL is the expensive part of evaluating (about 0.4 µs
+    per header).
     """
 
     __slots__ = (
@@ -312,8 +316,8 @@ class VarState:
         self.act: Any = None
         self.act_needs: frozenset[str] = frozenset()
         self.act_kinds = 0  # kinds the activation's values were derived from
-        self._req_key = _req_key(ex)
-        self._req_hdrs = list(ex.req.headers)
+        self._req_key: tuple[Any, ...] | None = None  # taken when first needed (see _snap)
+        self._req_hdrs: list[Header] | None = None
         self._res_obj = ex.res
         self._res_hdrs = None if ex.res is None else list(ex.res.headers)
         self._vars: dict[str, Any] | None = None  # snapshots, taken while the activation holds them
@@ -329,14 +333,16 @@ class VarState:
         kinds &= self.dirty
         self.dirty &= ~kinds
         ex, cache = self.ex, self.cache
-        if kinds & _URL_DERIVED:
+        if kinds & _URL_DERIVED and self._req_key is not None:
             key = _req_key(ex)
             if key != self._req_key:
                 self._req_key = key
                 _drop(cache, _URL_KEYS)
                 self.changes |= _URL_DERIVED
-        if kinds & _REQ_HEADERS and _recheck(
-            cache, self._req_hdrs, ex.req.headers, "req.headers", _REQ_HEADER_KEYS
+        if (
+            kinds & _REQ_HEADERS
+            and self._req_hdrs is not None
+            and _recheck(cache, self._req_hdrs, ex.req.headers, "req.headers", _REQ_HEADER_KEYS)
         ):
             self.changes |= _REQ_HEADERS
         if kinds & _RES_HEADERS:
@@ -368,8 +374,18 @@ class VarState:
             return value
         value = getter(self.ex)
         if kind and value is not MISSING:
+            if kind & _REQ_SNAPPED:
+                self._snap(kind)
             self.cache[key] = value
         return value
+
+    def _snap(self, kinds: int) -> None:
+        """Take the request's snapshots of ``kinds`` not taken yet: a value derived from them is kept now
+        (the state is current: reads refresh first, and nothing changes the exchange in between)."""
+        if kinds & _URL_DERIVED and self._req_key is None:
+            self._req_key = _req_key(self.ex)
+        if kinds & _REQ_HEADERS and self._req_hdrs is None:
+            self._req_hdrs = list(self.ex.req.headers)
 
     def header_values(self, side: str, name: str) -> list[str]:
         headers = self.get(f"{side}.headers")
@@ -395,6 +411,7 @@ class VarState:
         act = self.act = build(self.data(carry))
         self.act_needs = carry
         self.act_kinds = kinds_of(carry)
+        self._snap(self.act_kinds)  # live values it carries (req.method...) must be compared from now on
         self.changes = 0
         if "vars.*" in carry:
             self._vars = dict(self.ex.vars)
@@ -479,24 +496,43 @@ def _recheck(
     if len(headers) == n and (n == 0 or headers[-1] is snap[-1]) and headers == snap:
         return False
     if len(headers) > n and headers[:n] == snap:
-        added = headers[n:]
-        hmap = cache.get(map_key)
-        if hmap is not None:
-            for name, value in added:
-                lname = name.lower()
-                if lname in hmap:
-                    hmap[lname].append(value)
-                else:
-                    hmap[lname] = [value]
-        for name, _ in added:
-            if name.lower() in _DERIVED_FROM:
-                _drop(cache, derived - {map_key})
-                break
-        snap.extend(added)
+        _extend(cache, snap, headers[n:], map_key, derived)
         return True
     _drop(cache, derived)
     snap[:] = headers
     return True
+
+
+def _extend(
+    cache: dict[str, Any], snap: list[Header], added: Sequence[Header], map_key: str, derived: frozenset[str]
+) -> None:
+    """``added`` was appended to the header list ``snap`` was current with: extend both."""
+    hmap = cache.get(map_key)
+    stale = False
+    for name, value in added:
+        lname = name.lower()
+        if hmap is not None:
+            values = hmap.get(lname)
+            if values is None:
+                hmap[lname] = [value]
+            else:
+                values.append(value)
+        stale = stale or lname in _DERIVED_FROM
+    if stale:
+        _drop(cache, derived - {map_key})
+    snap.extend(added)
+
+
+def appended(ex: Exchange, headers: Sequence[Header]) -> None:
+    """For an action that declares it changes nothing else (``dirties = 0``, see the engine): ``headers``
+    were just appended to the request's. If the derived values were current, they are extended (and the
+    activation told) here, which is cheaper than the comparison the next read would make; if not, that
+    comparison still comes, as the request headers are marked dirty already."""
+    st: VarState | None = ex.scratch.get(SCRATCH_KEY)
+    if st is None or st._req_hdrs is None or st.dirty & _REQ_HEADERS:
+        return
+    _extend(st.cache, st._req_hdrs, headers, "req.headers", _REQ_HEADER_KEYS)
+    st.changes |= _REQ_HEADERS
 
 
 def _drop(cache: dict[str, Any], keys: frozenset[str]) -> None:
@@ -514,6 +550,8 @@ _REQ_HEADERS = 2
 _RES_HEADERS = 4
 _VARS = 8  # vars / actions results, compared only while an activation carries them
 ALL_DIRTY: Final = 15
+_REQ_SNAPPED = _URL_DERIVED | _REQ_HEADERS  # kinds whose snapshots VarState takes when first needed
+REQ_HEADERS: Final = _REQ_HEADERS  # for cel's inline reads of req.headers
 
 
 def req_authority(ex: Exchange) -> str:
@@ -531,7 +569,7 @@ def req_version(ex: Exchange) -> str:
     return f"HTTP/{v}.0" if "." not in v else f"HTTP/{v}"
 
 
-# Leaves the fast path reads without building the enclosing map.
+# Leaves the fast path reads without building the enclosing map. (STR_LEAVES, below: those always a str.)
 LEAVES: Final[dict[str, Callable[[Exchange], Any]]] = {
     "req.method": lambda ex: ex.req.method,
     "req.version": req_version,
@@ -648,6 +686,32 @@ WHOLE: Final[dict[str, Callable[[Exchange], Any]]] = {
     "vars": lambda ex: ex.vars,
     "actions": lambda ex: {"ngrok": ex.results},
 }
+
+# Leaves whose value is a str whatever the exchange holds (the model's fields are typed): cel specialises
+# string methods and comparisons on them without a type check.
+STR_LEAVES: Final = frozenset(
+    {
+        "req.method",
+        "req.version",
+        "req.host",
+        "req.url.scheme",
+        "req.url.host",
+        "req.url.authority",
+        "req.url.path",
+        "req.url.raw_path",
+        "req.url.query",
+        "req.url.uri",
+        "req.url.raw",
+        "req.url.user_password",
+        "req.user_agent.raw",
+        "conn.client_ip",
+        "conn.server_ip",
+        "endpoint.id",
+        "endpoint.url",
+        "endpoint.host",
+        "endpoint.protocol",
+    }
+)
 
 _URL_LEAVES: Final = tuple((k[8:], fn) for k, fn in LEAVES.items() if k.startswith("req.url."))
 

@@ -251,11 +251,46 @@ FAST_SHAPES = [
     "req.url == 'https://app.example.com/admin/users?page=2&tag=a&tag=b'",
 ]
 
+# The specialised shapes (cel.fast_condition): one strict closure each, or a closure that asks CEL itself.
+SPECIALISED = [
+    "req.url.path.startsWith('/admin')",
+    "req.url.path.endsWith('.php')",
+    "req.url.path.contains('é')",
+    "req.url.path.matches('^/(wp-admin|admin|café)')",
+    "req.url.path == '/admin/users'",
+    "req.url.path != '/admin/users'",
+    "'/b' == req.url.path",
+    "req.url.raw_path.contains('%')",
+    "req.url.query.startsWith('page')",
+    "req.url.uri.endsWith('tag=b')",
+    "req.url.authority == 'app.example.com'",
+    "req.method == 'POST' && req.url.path == '/upload'",
+    "req.method == 'GET' && req.url.path.startsWith('/admin') && 'x-api-key' in req.headers",
+    "req.method == 'HEAD' || req.url.path.endsWith('.php')",
+    "!(req.method == 'GET') || !('x-debug' in req.headers)",
+    "req.host.endsWith('.example.com')",
+    "req.version == 'HTTP/1.1'",
+    "req.user_agent.raw.startsWith('curl/')",
+    "conn.client_ip.startsWith('10.')",
+    "endpoint.host == 'app.example.com' && endpoint.protocol == 'https'",
+    "req.method in ['POST', 'HEAD']",
+    "'x-debug' in req.headers",
+    "'X-Debug' in req.headers",
+    "hasReqHeader('X-API-KEY')",
+    "hasReqHeader('x-debug') && req.url.path.matches('^/b$')",
+]
+# Strict: no DEFER, no wrapper; ``truth`` is the fast closure itself.
+STRICT = [s for s in SPECIALISED if "matches" not in s]
+
 EXCHANGES = [
     exchange(),
     exchange(path="/public/index.php", method="POST", client_ip="2001:db8::5", query=""),
     exchange(path="/b", headers=[("Host", "h"), ("X-Debug", "1")], client_ip="bad ip"),
     exchange(path="/ADMIN/x\n", method="HEAD"),
+    exchange(path="/%61dmin/users", query=""),  # decodes to /admin/users
+    exchange(path="/caf%C3%A9/admin", headers=[("X-DEBUG", "")]),  # not ASCII once decoded: CEL decides
+    exchange(path="", method="PROPFIND", headers=[]),  # an empty path is "/"
+    exchange(path="/upload", method="POST", headers=[("x-api-key", "k"), ("X-Api-Key", "K")]),
 ]
 VARS: list[dict[str, Any]] = [
     {},
@@ -264,7 +299,7 @@ VARS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize("source", FAST_SHAPES)
+@pytest.mark.parametrize("source", FAST_SHAPES + SPECIALISED)
 def test_fast_path_covers_common_shapes_and_agrees_with_cel(source: str) -> None:
     expr = compile_expression(source, REQUEST, condition=True)
     assert expr.fast, "expected the fast path to cover this shape"
@@ -274,6 +309,75 @@ def test_fast_path_covers_common_shapes_and_agrees_with_cel(source: str) -> None
             ex.results = {"rate_limit": {"limited": False}} if values else {}
             cel.v.changed(ex)
             assert expr.truth(ex) is expr._slow_truth(ex), (source, ex.req.path, values)
+
+
+@pytest.mark.parametrize("source", SPECIALISED)
+def test_specialised_shapes_agree_with_the_general_fast_path(source: str) -> None:
+    """The general closures (the parser without its specialisations) answer as the specialised ones do,
+    wherever they do not defer to CEL."""
+    expr = compile_expression(source, REQUEST, condition=True)
+    general = _general_bool(source)
+    for ex in EXCHANGES:
+        r = general(ex)
+        if r is cel.DEFER:
+            continue
+        assert expr.truth(ex) is (r is True), (source, ex.req.path)
+
+
+@pytest.mark.parametrize("source", STRICT)
+def test_strict_shapes_are_the_truth_itself(source: str) -> None:
+    expr = compile_expression(source, REQUEST, condition=True)
+    assert expr.truth is expr._bool, "expected a strict specialised closure, with no wrapper"
+    for ex in EXCHANGES:
+        assert type(expr.truth(ex)) is bool
+
+
+def test_header_conditions_follow_headers_added_and_removed() -> None:
+    """'x' in req.headers reads a cached map: it must see headers appended, replaced and removed since."""
+    expr = compile_expression("'x-new' in req.headers", REQUEST, condition=True)
+    has = compile_expression("hasReqHeader('X-New')", REQUEST, condition=True)
+    ex = exchange()
+    assert not expr.truth(ex) and not has.truth(ex)
+    ex.req.headers.append(("X-New", "1"))
+    cel.v.changed(ex)
+    assert expr.truth(ex) and has.truth(ex)
+    ex.req.remove_header("x-new")
+    cel.v.changed(ex)
+    assert not expr.truth(ex) and not has.truth(ex)
+    ex.req.headers[0] = ("x-new", "in place")
+    cel.v.changed(ex)
+    assert expr.truth(ex) and has.truth(ex)
+
+
+def _general_bool(source: str) -> Any:
+    """The fast closure the parser builds without its specialised shapes."""
+    toks = cel.lex(source)
+    assert toks is not None
+    parser = cel._Parser(toks)
+    parser.paths = _NoPaths()  # no variable is known by name: nothing is specialised
+    parser.method = lambda name, root, segs, arg: cel._method(  # type: ignore[method-assign]
+        name, cel._path_getter(root, segs), arg
+    )
+    call = parser.call
+
+    def general_call(name: str) -> Any:
+        if name != "hasReqHeader":
+            return call(name)
+        parser.take("(")
+        header = parser.string()
+        parser.take(")")
+        values = cel._header_fn("req", header)
+        return "bool", lambda ex: bool(values(ex))
+
+    parser.call = general_call  # type: ignore[method-assign]
+    fn = parser.boolean()
+    assert parser.done()
+    return fn
+
+
+class _NoPaths(dict[Any, str]):
+    def __setitem__(self, key: Any, value: str) -> None:
+        pass
 
 
 # ---- values (templates and action expressions) -------------------------------------------------------
