@@ -6,6 +6,7 @@ it listens. Every process is stopped at the end; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -257,3 +258,35 @@ def curl(
     if parts.scheme == "https":
         cmd += ["--cacert", str(edge.ca)]
     return subprocess.run([*cmd, *args, url], capture_output=True, timeout=timeout + 5)
+
+
+@contextlib.contextmanager
+def sdk_process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """Run an SDK script that prints ``{"url", "id"}`` and stays up until its stdin closes."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    out, stdin = proc.stdout, proc.stdin
+    assert out is not None and stdin is not None
+    first: list[bytes] = []
+    reader = threading.Thread(target=lambda: first.append(out.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    try:
+        if not first or not first[0]:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            raise AssertionError(f"the SDK printed no URL: {err.decode()}")
+        yield json.loads(first[0])
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -18,7 +18,6 @@ import base64
 import contextlib
 import gzip
 import json
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from e2e_support import EchoHandler, EdgeProc, curl, start_edge
+from e2e_support import EchoHandler, EdgeProc, curl, sdk_process, start_edge
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -81,33 +80,9 @@ def sdk_endpoint(edge: EdgeProc, port: int, name: str, **options: object) -> Ite
         domain,
         json.dumps(options),
     ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, stdin = proc.stdout, proc.stdin
-    assert out is not None and stdin is not None
-    first: list[bytes] = []
-    reader = threading.Thread(target=lambda: first.append(out.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout=30)
-    try:
-        if not first or not first[0]:
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            raise AssertionError(f"the SDK printed no URL: {err.decode()}")
-        url = json.loads(first[0])["url"]
-        assert url == f"https://{domain}:{edge.https_port}"
-        yield url
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    with sdk_process(cmd) as info:
+        assert info["url"] == f"https://{domain}:{edge.https_port}"
+        yield info["url"]
 
 
 def get(edge: EdgeProc, url: str, *args: str) -> tuple[int, dict[str, list[str]], bytes]:

@@ -14,20 +14,16 @@ Each SDK's ``listener.url()`` and ``listener.id()`` must be what the edge logged
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e_support import EdgeProc, curl
+from e2e_support import EdgeProc, curl, sdk_process
 
 pytestmark = pytest.mark.interop
 
@@ -61,38 +57,6 @@ const [port, token, addr, ca, domain] = process.argv.slice(1);
   setTimeout(bye, 120000);
 })().catch((e) => { console.error(String(e)); process.exit(1); });
 """
-
-
-@contextlib.contextmanager
-def sdk_process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
-    """Run an SDK script that prints ``{"url", "id"}`` and stays up until its stdin closes."""
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    out, stdin = proc.stdout, proc.stdin
-    assert out is not None and stdin is not None
-    first: list[bytes] = []
-    reader = threading.Thread(target=lambda: first.append(out.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout=30)
-    try:
-        if not first or not first[0]:
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            raise AssertionError(f"the SDK printed no URL: {err.decode()}")
-        yield json.loads(first[0])
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 def _bound_in_edge_log(edge: EdgeProc) -> dict[str, str]:

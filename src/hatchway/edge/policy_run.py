@@ -243,9 +243,31 @@ class PolicyRun:
         self.ex.req.body = body
 
     def tcp_connect(self) -> Reply | None:
-        """Run ``on_tcp_connect`` (per request here: routing by Host comes after the connection)."""
+        """Run ``on_tcp_connect`` (per request here: routing by Host comes after the connection); a
+        reply means close the connection, and it is reported to ``finish`` already."""
         reply = self.policy.on_tcp_connect(self.ex) if self.policy.has_tcp_phase else None
         self.closes_connection = reply is not None
+        if reply is not None:
+            self.finish(reply.status)
+        return reply
+
+    def answer(self, req: Request, body: bytes | None) -> Reply | None:
+        """The request phase as the listeners run it: with the body an action needs (``body``; None when
+        it was over ``MAX_POLICY_BODY``; unused when no action needs it), ``on_http_request``, and for a
+        reply made here the response phase too. A reply is reported to ``finish``; without one, ``req``
+        carries the actions' changes."""
+        reply: Reply | None = None
+        if self.needs_body:
+            if body is None:
+                reply = too_large(self.ex.endpoint.url)
+            else:
+                self.set_body(body)
+        if reply is None:
+            reply = self.request(req)
+        if reply is None:
+            return None
+        reply = self.local_reply(reply)
+        self.finish(reply.status)
         return reply
 
     def request(self, req: Request) -> Reply | None:

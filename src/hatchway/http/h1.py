@@ -267,3 +267,49 @@ def passthrough_head(
     if add:
         head = head[:-2] + add + b"\r\n"
     return head, int(value)
+
+
+class BodyDecoder:
+    """The body bytes of one response, framing removed, as views into what is fed (no copies).
+
+    For a relay that must see the body itself (compression) rather than pass the framing on: ``feed``
+    returns the pieces of body in ``data``; ``done`` tells the body ended, and ``clean`` that it ended
+    exactly at the end of what was fed (the stream may then carry another response). A close-delimited
+    body ends with ``feed_eof``. Raises ``H1Error`` on broken chunked framing.
+    """
+
+    __slots__ = ("_framing", "_remaining", "_scanner", "clean", "done")
+
+    def __init__(self, framing: Framing, length: int) -> None:
+        self._framing = framing
+        self._remaining = length if framing is Framing.LENGTH else 0
+        self._scanner = ChunkedScanner() if framing is Framing.CHUNKED else None
+        self.done = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
+        self.clean = framing is not Framing.CLOSE
+
+    def feed(self, data: bytes | memoryview) -> list[memoryview]:
+        view = memoryview(data)
+        if self.done or not len(view):
+            self.clean = self.clean and not len(view)
+            return []
+        if self._scanner is not None:
+            pieces: list[memoryview] = []
+            used = self._scanner.feed(view, pieces)
+            if self._scanner.done:
+                self.done = True
+                self.clean = used == len(view)
+            return pieces
+        if self._framing is Framing.LENGTH:
+            take = min(len(view), self._remaining)
+            self._remaining -= take
+            if self._remaining == 0:
+                self.done = True
+                self.clean = take == len(view)
+            return [view[:take]]
+        return [view]
+
+    def feed_eof(self) -> None:
+        """The upstream closed: the end of a close-delimited body (for the others, a cut the caller sees
+        as ``done`` still False)."""
+        if self._framing is Framing.CLOSE:
+            self.done = True

@@ -44,7 +44,7 @@ class Encoder(Protocol):
 
     coding: str
 
-    def feed(self, data: bytes, flush: bool = True) -> bytes: ...
+    def feed(self, data: bytes | memoryview, flush: bool = True) -> bytes: ...
 
     def finish(self) -> bytes: ...
 
@@ -58,7 +58,7 @@ class _Base:
         self._pending = False  # data went in without a flush since the last flush
         self._done = False
 
-    def feed(self, data: bytes, flush: bool = True) -> bytes:
+    def feed(self, data: bytes | memoryview, flush: bool = True) -> bytes:
         if self._done:
             raise ValueError(f"{self.coding} encoder already finished")
         out = self._process(data) if data else b""
@@ -75,7 +75,7 @@ class _Base:
         self._done = True
         return self._finish()
 
-    def _process(self, data: bytes) -> bytes:
+    def _process(self, data: bytes | memoryview) -> bytes:
         raise NotImplementedError
 
     def _flush(self) -> bytes:
@@ -93,7 +93,7 @@ class _ZlibEncoder(_Base):
         self.coding = coding
         self._z = zlib.compressobj(_ZLIB_LEVEL, zlib.DEFLATED, wbits, _ZLIB_MEM_LEVEL)
 
-    def _process(self, data: bytes) -> bytes:
+    def _process(self, data: bytes | memoryview) -> bytes:
         return self._z.compress(data)
 
     def _flush(self) -> bytes:
@@ -110,7 +110,7 @@ class _BrotliEncoder(_Base):
         super().__init__()
         self._c = brotli.Compressor(quality=_BROTLI_QUALITY, lgwin=_BROTLI_LGWIN)
 
-    def _process(self, data: bytes) -> bytes:
+    def _process(self, data: bytes | memoryview) -> bytes:
         out: bytes = self._c.process(data)
         return out
 
@@ -136,7 +136,7 @@ class _ZstdEncoder(_Base):
         # No content size in the frame header: a streamed body's size is unknown up front.
         self._c = zstandard.ZstdCompressor(compression_params=_ZSTD_PARAMS).compressobj()
 
-    def _process(self, data: bytes) -> bytes:
+    def _process(self, data: bytes | memoryview) -> bytes:
         out: bytes = self._c.compress(data)
         return out
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from hatchway.http.h1 import (
     LAST_CHUNK,
+    BodyDecoder,
     ChunkedScanner,
     Framing,
     H1Error,
@@ -113,3 +114,30 @@ def test_scanner_handles_extensions_and_trailers_and_rejects_garbage() -> None:
             ChunkedScanner().feed(bad)
     with pytest.raises(H1Error):
         ChunkedScanner().feed(b"1" * 5000)
+
+
+@pytest.mark.parametrize(
+    ("framing", "length", "feeds", "body", "clean"),
+    [
+        (Framing.LENGTH, 5, [b"he", b"llo"], b"hello", True),
+        (Framing.LENGTH, 5, [b"hello!"], b"hello", False),  # more than announced: the stream is spoilt
+        (Framing.CHUNKED, 0, [b"5\r\nhel", b"lo\r\n0\r\n\r\n"], b"hello", True),
+        (Framing.CHUNKED, 0, [b"2\r\nhi\r\n0\r\n\r\nHTTP"], b"hi", False),
+        (Framing.CLOSE, 0, [b"any", b"thing"], b"anything", False),
+        (Framing.NONE, 0, [], b"", True),
+    ],
+)
+def test_body_decoder_strips_framing_without_copying(
+    framing: Framing, length: int, feeds: list[bytes], body: bytes, clean: bool
+) -> None:
+    decoder = BodyDecoder(framing, length)
+    got = b""
+    for data in feeds:
+        assert not decoder.done
+        for piece in decoder.feed(data):
+            assert isinstance(piece, memoryview)
+            got += piece
+    if framing is Framing.CLOSE:
+        assert not decoder.done
+        decoder.feed_eof()
+    assert decoder.done and got == body and decoder.clean is clean

@@ -29,7 +29,7 @@ from typing import Literal, cast
 import httptools
 
 from hatchway.edge import errors
-from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info, too_large
+from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info
 from hatchway.edge.proxy import Request, client_head, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
@@ -39,6 +39,7 @@ from hatchway.http import websocket as ws
 from hatchway.http.h1 import (
     LAST_CHUNK,
     MAX_HEAD,
+    BodyDecoder,
     ChunkedScanner,
     Framing,
     ResponseHead,
@@ -343,9 +344,8 @@ class Http1Connection(asyncio.Protocol):
         if ep.policy is not None:
             # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well.
             run = PolicyRun(ep, ep.policy, req, self._tls())
-            reply = run.request(req)
+            reply = run.answer(req, b"")
             if reply is not None:
-                run.finish(reply.status)
                 accept = hh.get(req.headers, b"accept")
                 try:
                     self._write(reply_bytes(reply, accept, close=False, head_only=req.method == b"HEAD"))
@@ -592,18 +592,9 @@ class Http1Connection(asyncio.Protocol):
         assert ep.policy is not None
         run = PolicyRun(ep, ep.policy, req, self._tls())
         reply = run.tcp_connect()
-        if reply is None and run.needs_body:
-            data = await body.peek_all(MAX_POLICY_BODY) if req.has_body else b""
-            if data is None:
-                reply = too_large(ep.url)
-            else:
-                run.set_body(data)
         if reply is None:
-            reply = run.request(req)
-        if reply is not None and not run.closes_connection:
-            reply = run.local_reply(reply)
-        if reply is not None:
-            run.finish(reply.status)
+            data = await body.peek_all(MAX_POLICY_BODY) if run.needs_body and req.has_body else b""
+            reply = run.answer(req, data)
         return run, reply
 
     async def _exchange(self, req: Request, body: Body, resume: _Fast | None = None) -> bool:
@@ -876,55 +867,29 @@ class Http1Connection(asyncio.Protocol):
             if data:
                 self._write(encode_chunk(data) if chunked else data)
 
-        reusable = True
+        decoder = BodyDecoder(framing, length)
         data: bytes | memoryview = first
-        if framing is Framing.LENGTH:
-            remaining = length
-            while True:
-                if data:
-                    take = min(len(data), remaining)
-                    out(encoder.feed(bytes(data[:take])))
-                    remaining -= take
-                    if take < len(data):
-                        reusable = False
-                        break
-                if remaining == 0:
-                    break
-                if self._write_paused:
-                    await self._drain()
-                data = await self._read_body(stream)
-        elif framing is Framing.CHUNKED:
-            scanner = ChunkedScanner()
-            while True:
-                if data:
-                    pieces: list[memoryview] = []
-                    used = scanner.feed(data, pieces)
-                    for piece in pieces:
-                        out(encoder.feed(bytes(piece)))
-                    if scanner.done:
-                        reusable = used == len(data)
-                        break
-                if self._write_paused:
-                    await self._drain()
-                data = await self._read_body(stream)
-        elif framing is Framing.CLOSE:
-            reusable = False
-            while True:
-                if data:
-                    out(encoder.feed(bytes(data)))
-                if self._write_paused:
-                    await self._drain()
+        while True:
+            for piece in decoder.feed(data):
+                out(encoder.feed(piece))
+            if decoder.done:
+                break
+            if self._write_paused:
+                await self._drain()
+            if framing is Framing.CLOSE:
                 self._flush_held()
                 try:
                     data = await stream.read()
                 except (StreamResetError, SessionClosedError):
                     raise ClientGone() from None
                 if not data:
-                    break
+                    decoder.feed_eof()
+            else:
+                data = await self._read_body(stream)  # a cut body aborts the client (ClientGone)
         out(encoder.finish())
         if chunked:
             self._write(LAST_CHUNK)
-        return reusable
+        return decoder.clean
 
     async def _read_body(self, stream: MuxStream) -> bytes:
         self._flush_held()

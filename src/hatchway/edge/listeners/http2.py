@@ -31,7 +31,7 @@ import h2.exceptions
 import h2.settings
 
 from hatchway.edge import errors
-from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info, too_large
+from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info
 from hatchway.edge.proxy import Request, response_headers, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
@@ -39,6 +39,7 @@ from hatchway.errors import SessionClosedError, StreamResetError
 from hatchway.http import headers as hh
 from hatchway.http.h1 import (
     LAST_CHUNK,
+    BodyDecoder,
     ChunkedScanner,
     Framing,
     H1Error,
@@ -516,7 +517,7 @@ class Http2Connection(asyncio.Protocol):
         run: PolicyRun | None = None
         if ep.policy is not None:
             run = PolicyRun(ep, ep.policy, req, tls_info(self.transport))
-            if await self._policy_request(st, run, ep, req):
+            if await self._policy_request(st, run, req):
                 return
         try:
             await self._proxy(st, ep, req, run)
@@ -540,25 +541,15 @@ class Http2Connection(asyncio.Protocol):
         data = b"".join(d for d, _ in st.body)
         return None if len(data) > MAX_POLICY_BODY else data
 
-    async def _policy_request(self, st: _Stream, run: PolicyRun, ep: Endpoint, req: Request) -> bool:
+    async def _policy_request(self, st: _Stream, run: PolicyRun, req: Request) -> bool:
         """Run the connect and request phases; True when the edge answered (or closed) instead."""
-        reply = run.tcp_connect()
-        if reply is not None:
-            run.finish(reply.status)
+        if run.tcp_connect() is not None:
             self.shutdown()  # on_tcp_connect denies the connection, not one request
             return True
-        if run.needs_body:
-            data = await self._peek_body(st) if req.has_body else b""
-            if data is None:
-                reply = too_large(ep.url)
-            else:
-                run.set_body(data)
-        if reply is None:
-            reply = run.request(req)
+        data = await self._peek_body(st) if run.needs_body and req.has_body else b""
+        reply = run.answer(req, data)
         if reply is None:
             return False
-        reply = run.local_reply(reply)
-        run.finish(reply.status)
         await self._send_reply(st, reply, req)
         return True
 
@@ -751,49 +742,24 @@ class Http2Connection(asyncio.Protocol):
         encoder: Encoder,
     ) -> bool:
         """Relay the body through ``encoder`` (compress-response); True when the stream may be reused."""
-        reusable = True
+        decoder = BodyDecoder(framing, length)
         data: bytes | memoryview = first
-        if framing is Framing.LENGTH:
-            remaining = length
-            while True:
-                if data:
-                    take = min(len(data), remaining)
-                    if out := encoder.feed(bytes(data[:take])):
-                        await self._send_data(st, out)
-                    remaining -= take
-                    if take < len(data):
-                        reusable = False
-                        break
-                if remaining == 0:
-                    break
-                data = await self._read_more(stream)
-        elif framing is Framing.CHUNKED:
-            dechunker = ChunkedScanner()
-            while True:
-                if data:
-                    pieces: list[memoryview] = []
-                    try:
-                        used = dechunker.feed(data, pieces)
-                    except H1Error as exc:
-                        raise _Cut() from exc
-                    for piece in pieces:
-                        if out := encoder.feed(bytes(piece)):
-                            await self._send_data(st, out)
-                    if dechunker.done:
-                        reusable = used == len(data)
-                        break
-                data = await self._read_more(stream)
-        else:
-            reusable = False
-            while True:
-                if data and (out := encoder.feed(bytes(data))):
+        while True:
+            try:
+                pieces = decoder.feed(data)
+            except H1Error as exc:
+                raise _Cut() from exc
+            for piece in pieces:
+                if out := encoder.feed(piece):
                     await self._send_data(st, out)
-                data = await self._read_more(stream, until_eof=True)
-                if not data:
-                    break
+            if decoder.done:
+                break
+            data = await self._read_more(stream, until_eof=framing is Framing.CLOSE)
+            if not data:
+                decoder.feed_eof()  # only a close-delimited body gets here (the others raise _Cut)
         if tail := encoder.finish():
             await self._send_data(st, tail)
-        return reusable
+        return decoder.clean
 
     async def _relay_until_eof(self, st: _Stream, stream: MuxStream, first: memoryview) -> None:
         data: bytes | memoryview = first
