@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +27,25 @@ import pytest
 
 BIN = Path(sys.executable).parent
 HATCHWAY = str(BIN / "hatchway")
+
+
+def free_port_range(size: int) -> tuple[int, int]:
+    """``size`` consecutive loopback ports below the ephemeral range that can all be bound now."""
+    for _ in range(100):
+        first = random.randrange(20000, 32000 - size)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(first, first + size):
+                socks.append(s := socket.socket())
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return first, first + size - 1
+    raise AssertionError("no free port range on loopback")
 
 
 def wait_for(predicate: Callable[[], object], within: float = 15.0, what: str = "condition") -> object:
@@ -44,6 +65,7 @@ class EdgeProc:
     tunnel_addr: str = ""
     http_port: int = 0
     https_port: int = 0
+    ssh_port: int = 0
     args: list[str] = field(default_factory=list)
     log: IO[bytes] | None = None
 
@@ -88,6 +110,8 @@ def start_edge(data_dir: Path, *extra: str, ports: tuple[int, int, int] = (0, 0,
         f"127.0.0.1:{ports[2]}",
         *extra,
     ]
+    if "--ssh-addr" not in extra:
+        args += ["--ssh-addr", "127.0.0.1:0"]  # never the default 2222: edges of several tests may overlap
     log = open(data_dir / "edge.log", "ab")  # noqa: SIM115 -- closed with the process
     proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     edge = EdgeProc(data_dir, proc, args=args, log=log)
@@ -102,6 +126,7 @@ def start_edge(data_dir: Path, *extra: str, ports: tuple[int, int, int] = (0, 0,
     edge.tunnel_addr = doc["tunnel_addr"]
     edge.http_port = urlsplit(doc["http"]).port or 80
     edge.https_port = urlsplit(doc["https"]).port or 443
+    edge.ssh_port = int(doc["ssh_addr"].rpartition(":")[2]) if "ssh_addr" in doc else 0
     return edge
 
 

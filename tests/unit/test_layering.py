@@ -191,7 +191,16 @@ def _hatchway_imports(path: Path) -> set[str]:
     return {n for n in names if n.startswith("hatchway")}
 
 
-@pytest.mark.parametrize(("side", "other"), [("edge", "hatchway.agent"), ("agent", "hatchway.edge")])
+@pytest.mark.parametrize(
+    ("side", "other"),
+    [
+        ("edge", "hatchway.agent"),
+        ("agent", "hatchway.edge"),
+        # The SSH entry composes both (like cli/); neither may depend on it.
+        ("edge", "hatchway.ssh"),
+        ("agent", "hatchway.ssh"),
+    ],
+)
 def test_edge_and_agent_never_import_each_other(side: str, other: str) -> None:
     root = Path(__file__).resolve().parents[2] / "src" / "hatchway" / side
     banned = other.split(".")

@@ -126,6 +126,10 @@ class _Upstream(asyncio.Protocol):
         chunks = self._chunks
         self._chunks = []
         self._size = 0
+        # The caller writes these next. Data that arrives before it has (an SSH channel's
+        # resume_reading below delivers its backlog at once) must queue behind them, not take the
+        # direct path in data_received and overtake them.
+        self.pumping = True
         if self._reading_paused:
             self._reading_paused = False
             tr = self.transport

@@ -15,8 +15,11 @@ what the edge supports (it says so itself).
 from __future__ import annotations
 
 import asyncio
+import base64
+import inspect
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -291,6 +294,128 @@ def _fail(exc: ConfigError | ConfigErrors) -> None:
     raise typer.Exit(1)
 
 
+class FlagProblems(Exception):
+    """What is wrong with ``http`` flags, one line per problem, each naming its flag."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def inline_policy(value: str) -> str:
+    """``--traffic-policy``'s value as document text: YAML/JSON as given, or the base64url form of it.
+
+    The URL-safe form exists for ``ssh ... http --traffic-policy=...``, where quoting a YAML document
+    through two shells is impractical. Base64url text has no ``:``, space or brace, so it can never be
+    mistaken for a document (and a document is never valid base64url)."""
+    text = value.strip()
+    if text and re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
+        try:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FlagProblems([f"--traffic-policy: not valid base64url text: {exc}"]) from exc
+    return value
+
+
+def http_spec(
+    addr: str,
+    domain: str | None = None,
+    url: str | None = None,
+    scheme: list[str] | None = None,
+    basic_auth: list[str] | None = None,
+    cidr_allow: list[str] | None = None,
+    cidr_deny: list[str] | None = None,
+    compression: bool = False,
+    circuit_breaker: float | None = None,
+    ua_filter_allow: list[str] | None = None,
+    ua_filter_deny: list[str] | None = None,
+    verify_webhook: str | None = None,
+    verify_webhook_secret: str | None = None,
+    websocket_tcp_converter: bool = False,
+    oauth: str | None = None,
+    oauth_allow_email: list[str] | None = None,
+    oauth_allow_domain: list[str] | None = None,
+    oauth_scope: list[str] | None = None,
+    oauth_client_id: str | None = None,
+    oauth_client_secret: str | None = None,
+    oidc: str | None = None,
+    oidc_client_id: str | None = None,
+    oidc_client_secret: str | None = None,
+    oidc_scope: list[str] | None = None,
+    mutual_tls_cas: Path | None = None,
+    request_header_add: list[str] | None = None,
+    request_header_remove: list[str] | None = None,
+    response_header_add: list[str] | None = None,
+    response_header_remove: list[str] | None = None,
+    host_header: str | None = None,
+    upstream_protocol: str | None = None,
+    app_protocol: str | None = None,
+    metadata: str | None = None,
+    traffic_policy_file: Path | None = None,
+    traffic_policy: str | None = None,
+    pooling_enabled: bool = False,
+) -> EndpointSpec:
+    """The endpoint that ``hatchway http`` flags describe, validated offline (the SSH entry parses the
+    same flags with the same command and calls this too). Raises ``FlagProblems``."""
+    spec = EndpointSpec(
+        addr=addr,
+        name="command_line",
+        domain=domain or "",
+        url=url or "",
+        schemes=_split_multi(scheme) or ["https"],
+        # Passwords and header values may hold commas: those flags are repeated, never split.
+        basic_auth=list(basic_auth or []),
+        cidr_allow=_split_multi(cidr_allow),
+        cidr_deny=_split_multi(cidr_deny),
+        compression=compression,
+        circuit_breaker=circuit_breaker or 0.0,
+        ua_filter_allow=_split_patterns(ua_filter_allow),
+        ua_filter_deny=_split_patterns(ua_filter_deny),
+        verify_webhook=verify_webhook or "",
+        verify_webhook_secret=verify_webhook_secret or "",
+        websocket_tcp_converter=websocket_tcp_converter,
+        oauth_provider=oauth or "",
+        oauth_allow_emails=_split_multi(oauth_allow_email),
+        oauth_allow_domains=_split_multi(oauth_allow_domain),
+        oauth_scopes=_split_multi(oauth_scope),
+        oauth_client_id=oauth_client_id or "",
+        oauth_client_secret=oauth_client_secret or "",
+        oidc_issuer_url=oidc or "",
+        oidc_client_id=oidc_client_id or "",
+        oidc_client_secret=oidc_client_secret or "",
+        oidc_scopes=_split_multi(oidc_scope),
+        mutual_tls_cas=str(mutual_tls_cas) if mutual_tls_cas is not None else "",
+        request_header_add=list(request_header_add or []),
+        request_header_remove=_split_multi(request_header_remove),
+        response_header_add=list(response_header_add or []),
+        response_header_remove=_split_multi(response_header_remove),
+        host_header=host_header or "",
+        upstream_protocol=upstream_protocol or app_protocol or "http1",
+        metadata=metadata or "",
+        pooling_enabled=pooling_enabled,
+    )
+    if traffic_policy_file is not None and traffic_policy is not None:
+        raise FlagProblems(["--traffic-policy: give either it or --traffic-policy-file, not both"])
+    if traffic_policy is not None:
+        spec.traffic_policy = inline_policy(traffic_policy)
+    if traffic_policy_file is not None:
+        try:
+            spec.traffic_policy = traffic_policy_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            msg = f"cannot read {traffic_policy_file}: {exc.strerror}"
+            raise FlagProblems([f"--traffic-policy-file: {msg}"]) from exc
+        except UnicodeDecodeError as exc:
+            raise FlagProblems([f"--traffic-policy-file: {traffic_policy_file} is not UTF-8 text"]) from exc
+    # Everything the edge would refuse at Bind (module values, the policy) is refused here, offline.
+    problems = spec.validate()
+    if problems:
+        raise FlagProblems([flag_error(p) for p in problems])
+    return spec
+
+
+SPEC_FLAGS = frozenset(inspect.signature(http_spec).parameters)
+
+
 def http(
     addr: Annotated[str, typer.Argument(help="Port, host:port, URL, file:///abs/path or unix:/path.")],
     authtoken: Annotated[
@@ -298,7 +423,9 @@ def http(
     ] = None,
     domain: Annotated[str | None, typer.Option(help="Static, reserved or wildcard domain.")] = None,
     url: Annotated[str | None, typer.Option(help="Endpoint URL, e.g. https://app.example.com.")] = None,
-    scheme: Multi = None,
+    scheme: Annotated[
+        list[str] | None, typer.Option("--scheme", "--schemes", help="https (default), http, or both.")
+    ] = None,
     basic_auth: Annotated[
         list[str] | None, typer.Option(help="user:password (8-128 characters); repeat for more users.")
     ] = None,
@@ -343,6 +470,10 @@ def http(
             "--traffic-policy-file", "--policy-file", help="Traffic Policy document (YAML or JSON)."
         ),
     ] = None,
+    traffic_policy: Annotated[
+        str | None,
+        typer.Option(help="Traffic Policy inline: YAML/JSON text, or base64url of it (URL-safe, for ssh)."),
+    ] = None,
     pooling_enabled: Annotated[bool, typer.Option()] = False,
     config: Annotated[
         list[Path] | None, typer.Option("--config", help="Config file(s), merged in order.")
@@ -358,56 +489,13 @@ def http(
         cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
     except ConfigErrors as exc:
         _fail(exc)
-    spec = EndpointSpec(
-        addr=addr,
-        name="command_line",
-        domain=domain or "",
-        url=url or "",
-        schemes=_split_multi(scheme) or ["https"],
-        # Passwords and header values may hold commas: those flags are repeated, never split.
-        basic_auth=list(basic_auth or []),
-        cidr_allow=_split_multi(cidr_allow),
-        cidr_deny=_split_multi(cidr_deny),
-        compression=compression,
-        circuit_breaker=circuit_breaker or 0.0,
-        ua_filter_allow=_split_patterns(ua_filter_allow),
-        ua_filter_deny=_split_patterns(ua_filter_deny),
-        verify_webhook=verify_webhook or "",
-        verify_webhook_secret=verify_webhook_secret or "",
-        websocket_tcp_converter=websocket_tcp_converter,
-        oauth_provider=oauth or "",
-        oauth_allow_emails=_split_multi(oauth_allow_email),
-        oauth_allow_domains=_split_multi(oauth_allow_domain),
-        oauth_scopes=_split_multi(oauth_scope),
-        oauth_client_id=oauth_client_id or "",
-        oauth_client_secret=oauth_client_secret or "",
-        oidc_issuer_url=oidc or "",
-        oidc_client_id=oidc_client_id or "",
-        oidc_client_secret=oidc_client_secret or "",
-        oidc_scopes=_split_multi(oidc_scope),
-        mutual_tls_cas=str(mutual_tls_cas) if mutual_tls_cas is not None else "",
-        request_header_add=list(request_header_add or []),
-        request_header_remove=_split_multi(request_header_remove),
-        response_header_add=list(response_header_add or []),
-        response_header_remove=_split_multi(response_header_remove),
-        host_header=host_header or "",
-        upstream_protocol=upstream_protocol or app_protocol or "http1",
-        metadata=metadata or "",
-        pooling_enabled=pooling_enabled,
-    )
-    if traffic_policy_file is not None:
-        try:
-            spec.traffic_policy = traffic_policy_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            _fail(ConfigError("--traffic-policy-file", f"cannot read {traffic_policy_file}: {exc.strerror}"))
-        except UnicodeDecodeError:
-            _fail(ConfigError("--traffic-policy-file", f"{traffic_policy_file} is not UTF-8 text"))
-    # Everything the edge would refuse at Bind (module values, the policy) is refused here, offline.
-    problems = spec.validate()
-    if problems:
-        for p in problems:
-            typer.echo(f"ERROR: {flag_error(p)}", err=True)
-        raise typer.Exit(1)
+    flags = {k: v for k, v in locals().items() if k in SPEC_FLAGS}
+    try:
+        spec = http_spec(**flags)
+    except FlagProblems as exc:
+        for line in exc.lines:
+            typer.echo(f"ERROR: {line}", err=True)
+        raise typer.Exit(1) from None
     try:
         res = resolve(cfg, [spec], authtoken, server_addr, root_cas)
     except ConfigError as exc:

@@ -1,8 +1,9 @@
-"""``hatchway edge token ...`` and ``hatchway edge domain ...``: manage the edge's authtokens and domains.
+"""``hatchway edge token|domain|ssh-key ...``: manage the edge's authtokens, domains and SSH keys.
 
-Two typer sub-apps, ``token_app`` and ``domain_app``, that ``cli/main.py`` mounts. They open the edge's
-state file (``DATA_DIR/state.db``) and call the store; a running edge notices the change through the
-store's revision. Thin by rule: no domain or token logic here, no network, no edge process needed.
+Three typer sub-apps, ``token_app``, ``domain_app`` and ``ssh_key_app``, that ``cli/main.py`` mounts.
+They open the edge's state file (``DATA_DIR/state.db``) and call the store; a running edge notices
+the change through the store's revision. Thin by rule: no domain or token logic here, no network, no
+edge process needed.
 ``token create`` prints only the secret on stdout so scripts can capture it; everything else a command
 says about what happened goes to stdout as plain lines, and every error to stderr with exit status 1.
 """
@@ -42,6 +43,9 @@ token_app = typer.Typer(
 )
 domain_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Reserve domains (wildcards too) for accounts."
+)
+ssh_key_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Register SSH public keys for the SSH entry."
 )
 
 
@@ -175,3 +179,57 @@ def domain_remove(
         if not store.remove_domain(name):
             _fail(f"{name} is not reserved (see `hatchway edge domain list`)")
     typer.echo(f"removed {name}")
+
+
+# ---- SSH keys ---------------------------------------------------------------------------------------
+
+
+@ssh_key_app.command("add")
+def ssh_key_add(
+    path: Annotated[
+        Path, typer.Argument(metavar="FILE", help="An OpenSSH public key file (id_ed25519.pub).")
+    ],
+    account: AccountOpt = "default",
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Let this key open endpoints over SSH for the account (ssh -R ... v2@EDGE http)."""
+    try:
+        text = Path(os.path.expanduser(path)).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        _fail(f"{path} holds no public key")
+    with _store(data_dir) as store:
+        added = [store.add_ssh_key(line, account) for line in lines]
+    for info in added:
+        typer.echo(f"added {info.key_type} key {info.fingerprint} for account {info.account}")
+
+
+@ssh_key_app.command("list")
+def ssh_key_list(
+    account: Annotated[str | None, typer.Option("--account", "-a", help="Only this account's.")] = None,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """List registered SSH keys."""
+    with _store(data_dir) as store:
+        keys = store.list_ssh_keys(account)
+    if not keys:
+        typer.echo("no ssh keys", err=True)
+        return
+    _table(
+        ("FINGERPRINT", "TYPE", "ACCOUNT", "COMMENT", "ADDED"),
+        [(k.fingerprint, k.key_type, k.account, k.comment, _when(k.created_at)) for k in keys],
+    )
+
+
+@ssh_key_app.command("remove")
+def ssh_key_remove(
+    fingerprint: Annotated[str, typer.Argument(help="The key's fingerprint, as listed (SHA256:...).")],
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Forget a key: it can no longer open endpoints."""
+    with _store(data_dir) as store:
+        if not store.remove_ssh_key(fingerprint):
+            _fail(f"no key {fingerprint} (see `hatchway edge ssh-key list`)")
+    typer.echo(f"removed {fingerprint}")

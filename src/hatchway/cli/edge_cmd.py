@@ -12,14 +12,26 @@ from typing import Annotated
 import typer
 import yaml
 
-from hatchway.cli.edge_admin import domain_app, token_app
+from hatchway.cli.edge_admin import domain_app, ssh_key_app, token_app
 from hatchway.edge.app import Edge, EdgeConfig
+from hatchway.edge.tcp import DEFAULT_RANGE, parse_range
 
 edge_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, help="Run a Hatchway edge.")
 edge_app.add_typer(token_app, name="token", help="Create, list and revoke authtokens.")
 edge_app.add_typer(domain_app, name="domain", help="Reserve custom and wildcard domains.")
+edge_app.add_typer(ssh_key_app, name="ssh-key", help="Register SSH public keys for the SSH entry.")
 
-_KEYS = {"data_dir", "base_domain", "http_addr", "https_addr", "tunnel_addr", "ssh_addr", "idle_timeout"}
+_KEYS = {
+    "data_dir",
+    "base_domain",
+    "http_addr",
+    "https_addr",
+    "tunnel_addr",
+    "ssh_addr",
+    "idle_timeout",
+    "tcp_addr_range",
+    "tcp_host",
+}
 
 
 def load_edge_config(path: Path | None, **flags: object) -> EdgeConfig:
@@ -48,6 +60,12 @@ def load_edge_config(path: Path | None, **flags: object) -> EdgeConfig:
                 cfg.idle_timeout = float(str(value))
             except ValueError as exc:
                 raise typer.BadParameter(f"idle_timeout: not a number of seconds: {value!r}") from exc
+        elif key == "tcp_addr_range":
+            try:
+                parse_range(str(value))
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--tcp-addr-range") from exc
+            cfg.tcp_addr_range = str(value)
         else:
             setattr(cfg, key, str(value))
     return cfg
@@ -65,9 +83,21 @@ def edge(
     ] = None,
     https_addr: Annotated[str | None, typer.Option(help="HTTPS listener (default 127.0.0.1:8443).")] = None,
     tunnel_addr: Annotated[str | None, typer.Option(help="Agent listener (default 127.0.0.1:4443).")] = None,
-    ssh_addr: Annotated[str | None, typer.Option(help="SSH listener (default 127.0.0.1:2222).")] = None,
+    ssh_addr: Annotated[
+        str | None, typer.Option(help="SSH entry for ssh -R (default 127.0.0.1:2222; 'off' for none).")
+    ] = None,
     idle_timeout: Annotated[
         float | None, typer.Option(help="Close idle client connections (s, 300).")
+    ] = None,
+    tcp_addr_range: Annotated[
+        str | None,
+        typer.Option(help=f"TCP endpoints listen on HOST:FIRST-LAST (default {DEFAULT_RANGE})."),
+    ] = None,
+    tcp_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Host in tcp:// URLs (default: the range's host, or the base domain for 0.0.0.0 / ::)."
+        ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Edge config file (YAML).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warn, error.")] = "info",
@@ -84,6 +114,8 @@ def edge(
         tunnel_addr=tunnel_addr,
         ssh_addr=ssh_addr,
         idle_timeout=idle_timeout,
+        tcp_addr_range=tcp_addr_range,
+        tcp_host=tcp_host,
     )
     logging.basicConfig(
         level=getattr(logging, log_level.upper().replace("WARN", "WARNING"), logging.INFO),
@@ -97,6 +129,10 @@ def edge(
 
 async def _serve(cfg: EdgeConfig) -> None:
     edge = Edge(cfg)
+    if cfg.ssh_addr.strip().lower() not in ("", "off", "false"):
+        from hatchway.ssh.server import serve_ssh
+
+        edge.add_service("ssh", lambda e: serve_ssh(e, cfg.ssh_addr))
     await edge.start()
     a = edge.addresses
     typer.echo(f"hatchway edge: data dir {cfg.data_dir}", err=True)
@@ -105,6 +141,9 @@ async def _serve(cfg: EdgeConfig) -> None:
     )
     typer.echo(f"  http  listener      {a['http'][0]}:{a['http'][1]}", err=True)
     typer.echo(f"  https listener      {a['https'][0]}:{a['https'][1]}", err=True)
+    if "ssh" in a:
+        typer.echo(f"  ssh entry           {a['ssh'][0]}:{a['ssh'][1]}", err=True)
+    typer.echo(f"  tcp endpoints       {edge.tcp.range} (URLs tcp://{edge.tcp.url_host}:PORT)", err=True)
     typer.echo(f"  base domain         {cfg.base_domain}", err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

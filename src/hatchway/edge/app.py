@@ -1,8 +1,9 @@
 """Builds the edge from its configuration and runs its listeners: the only file that knows all the parts.
 
-Listeners: the agent tunnel (TLS, muxado), plain HTTP and HTTPS for clients. State: the store under the
-data dir (tokens, reserved domains), the dev CA for certificates, the in-memory registry of online
-endpoints. It wires parts together and owns their lifetimes; it holds no protocol or routing logic.
+Listeners: the agent tunnel (TLS, muxado), plain HTTP and HTTPS for clients, and one socket per TCP
+endpoint (``edge/tcp.py``, opened on Bind). State: the store under the data dir (tokens, reserved
+domains), the dev CA for certificates, the in-memory registry of online endpoints. It wires parts
+together and owns their lifetimes; it holds no protocol or routing logic.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import gc
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from hatchway.edge.listeners.http1 import Http1Connection
 from hatchway.edge.listeners.https import HttpsConnection
 from hatchway.edge.registry import Registry
+from hatchway.edge.tcp import DEFAULT_RANGE, TcpEndpoints, default_url_host, parse_range
 from hatchway.edge.tls.certs import DevCertStore
 from hatchway.edge.tunnels import TunnelServer
 from hatchway.store.sqlite import SqliteStore
@@ -35,6 +38,18 @@ def split_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, in
     return (host.strip("[]") or default_host), int(port)
 
 
+class Service(Protocol):
+    """A listener started with the edge by someone outside ``edge/`` (the SSH entry): it reports where it
+    listens and closes with the edge."""
+
+    address: tuple[str, int]
+
+    async def aclose(self) -> None: ...
+
+
+ServiceStarter = Callable[["Edge"], Awaitable[Service]]
+
+
 @dataclass
 class EdgeConfig:
     data_dir: Path = DEFAULT_DATA_DIR
@@ -43,6 +58,10 @@ class EdgeConfig:
     https_addr: str = "127.0.0.1:8443"
     tunnel_addr: str = "127.0.0.1:4443"
     ssh_addr: str = "127.0.0.1:2222"
+    # TCP endpoints listen on a port of this range; their URLs carry ``tcp_host`` (default: the range's
+    # host when it is one address, else the base domain).
+    tcp_addr_range: str = DEFAULT_RANGE
+    tcp_host: str = ""
     # Public ports put in URLs when they differ from the listen ports (behind a port forward, say).
     public_http_port: int | None = None
     public_https_port: int | None = None
@@ -57,11 +76,14 @@ class Edge:
         self.certs = DevCertStore(config.data_dir, config.base_domain)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store: SqliteStore | None = SqliteStore(config.data_dir / "state.db")
+        tcp_range = parse_range(config.tcp_addr_range)
+        self.tcp = TcpEndpoints(tcp_range, config.tcp_host or default_url_host(tcp_range, config.base_domain))
         self.registry = Registry(
             self._check_token,
             base_domain=config.base_domain,
             domain_owner=self._domain_owner,
             key=_secret_key(config.data_dir / "registry.key"),
+            tcp=self.tcp,
         )
         self.tunnels = TunnelServer(self.registry, self.certs.tunnel_context())
         self._servers: list[asyncio.Server] = []
@@ -70,8 +92,23 @@ class Edge:
         self._poller: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._revision = -1
+        self._starters: list[tuple[str, ServiceStarter]] = []
+        self.services: list[Service] = []
+
+    def add_service(self, name: str, starter: ServiceStarter) -> None:
+        """Start ``starter(edge)`` with the edge (before discovery is written: its address is in
+        ``edge.json`` as ``NAME_addr``) and close it at shutdown. Call before ``start``."""
+        self._starters.append((name, starter))
 
     # ---- store glue ----------------------------------------------------------------------------------
+    def account_for_token(self, token: str) -> str | None:
+        """The account an authtoken belongs to, or None (unknown or revoked)."""
+        return self._check_token(token)
+
+    def account_for_ssh_key(self, fingerprint: str) -> str | None:
+        """The account an SSH public key (SHA-256 fingerprint) is registered to, or None."""
+        return self.store.ssh_key_owner(fingerprint) if self.store is not None else None
+
     def _check_token(self, token: str) -> str | None:
         if token and token in self.config.extra_tokens:
             return "default"
@@ -136,6 +173,10 @@ class Edge:
             self._revision = self.store.revision()
             self._poller = asyncio.ensure_future(self._watch_store())
         self._sweeper = asyncio.ensure_future(self._sweep_idle())
+        for name, starter in self._starters:
+            service = await starter(self)
+            self.services.append(service)
+            self.addresses[name] = service.address
         settle_heap()
         self._write_discovery()
 
@@ -150,6 +191,9 @@ class Edge:
             "https": self.registry.url_for("https", self.config.base_domain),
             "base_domain": self.config.base_domain,
         }
+        for name, (shost, sport) in self.addresses.items():
+            if name not in ("tunnel", "http", "https"):
+                info[f"{name}_addr"] = f"{shost}:{sport}"
         (d / "edge.json").write_text(json.dumps(info, indent=2) + "\n")
         token_file = d / "dev-token"
         if self.store is not None and not token_file.exists():
@@ -175,6 +219,8 @@ class Edge:
         """Stop accepting, GOAWAY every agent, give requests in flight ``drain`` seconds, then close."""
         for s in self._servers:
             s.close()
+        # A raw TCP connection has no request boundary to drain to: TCP endpoints close now.
+        await self.tcp.aclose()
         if self._poller is not None:
             self._poller.cancel()
         if self._sweeper is not None:
@@ -184,6 +230,8 @@ class Edge:
             in_flight += c.in_flight()
         if in_flight:
             await asyncio.wait(in_flight, timeout=drain)
+        for service in self.services:
+            await service.aclose()
         for c in list(self._clients):
             if isinstance(c, HttpsConnection):
                 c.close()

@@ -2,9 +2,10 @@
 
 It checks authtokens, gives each HTTP endpoint its URL (the requested domain, or a random name under
 the base domain), enforces domain ownership and "already online" (ngrok's error codes), and answers
-lookups with the most specific online endpoint (exact name first, then the nearest wildcard). It holds
-no sockets and writes nothing to disk: durable tokens and reservations come from the callables it is
-given (the store).
+lookups with the most specific online endpoint (exact name first, then the nearest wildcard). TCP
+endpoints get their address from the ``TcpListeners`` hook it is given (``edge/tcp.py``), which it
+tells when a tunnel goes offline. It holds no sockets and writes nothing to disk: durable tokens and
+reservations come from the callables it is given (the store).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from hatchway.edge import domains, modules
+from hatchway.edge.tcp import NOT_SERVED, TcpRefused
 from hatchway.edge.tunnels import AgentSession
+from hatchway.errors import RemoteProtocolError
 from hatchway.http.h1 import general_path_pattern
 from hatchway.http.headers import parse_header_line
 from hatchway.store.base import DomainError
@@ -96,6 +99,30 @@ class Endpoint:
         return ep
 
 
+class TcpListeners(Protocol):
+    """Opens and closes the sockets of TCP endpoints (``edge.tcp.TcpEndpoints``)."""
+
+    async def listen(self, session: AgentSession, tunnel_id: str, opts: m.TcpEndpoint, seed: int) -> str:
+        """Listen for ``tunnel_id`` (or hand its listener to ``session``); the URL. Raises ``TcpRefused``."""
+        ...
+
+    def close(self, tunnel_id: str) -> None: ...
+
+
+@dataclass
+class TcpEntry:
+    """One online TCP endpoint (its socket lives in ``TcpListeners``)."""
+
+    url: str
+    tunnel_id: str
+    session: AgentSession
+    account: str
+
+    @property
+    def online(self) -> bool:
+        return not self.session.conn.is_closed
+
+
 def _bind_error(message: str, code: str) -> m.BindResp:
     return m.BindResp(error=m.join_error(message, code))
 
@@ -108,6 +135,7 @@ class Registry:
         ports: dict[str, int] | None = None,
         domain_owner: DomainOwner | None = None,
         key: bytes | None = None,
+        tcp: TcpListeners | None = None,
     ) -> None:
         self._check = tokens if callable(tokens) else self._in_set(tokens)
         self.base_domain = base_domain.lower().strip(".")
@@ -119,6 +147,8 @@ class Registry:
         # random name derived from it survives reconnects and (with a persistent key) edge restarts.
         self._key = key if key is not None else secrets.token_bytes(32)
         self.endpoints: dict[tuple[str, str], list[Endpoint]] = {}
+        self.tcp = tcp  # None: TCP binds are refused
+        self.tcp_endpoints: dict[str, TcpEntry] = {}  # tunnel id -> endpoint
         self._accounts: dict[int, str] = {}  # id(session) -> account
 
     @staticmethod
@@ -152,15 +182,25 @@ class Registry:
             ),
         )
 
-    async def bind(self, session: AgentSession, bind: m.Bind) -> m.BindResp:
-        if bind.proto not in ("http", "https"):
-            return _bind_error(f"protocol {bind.proto!r} is not served by this edge yet", "ERR_NGROK_9017")
-        account = self._accounts.get(id(session), "default")
-        opts = bind.http_opts()
+    def admit(self, session: AgentSession, account: str) -> None:
+        """Count ``session`` as authenticated for ``account`` without an Auth RPC (the SSH entry checked
+        the user's key or token itself)."""
+        self._accounts[id(session)] = account
+
+    def _tunnel_id(self, bind: m.Bind) -> str:
         tunnel_id = bind.id
         if tunnel_id and not hmac.compare_digest(bind.extra.token.encode(), self._token(tunnel_id).encode()):
             tunnel_id = ""  # an id we did not issue (or from another edge key): treat as a new tunnel
-        tunnel_id = tunnel_id or f"tn_{secrets.token_hex(12)}"
+        return tunnel_id or f"tn_{secrets.token_hex(12)}"
+
+    async def bind(self, session: AgentSession, bind: m.Bind) -> m.BindResp:
+        if bind.proto == "tcp":
+            return await self._bind_tcp(session, bind)
+        if bind.proto not in ("http", "https"):
+            return _bind_error(f"protocol {bind.proto!r} is not served by this edge yet", NOT_SERVED)
+        account = self._accounts.get(id(session), "default")
+        opts = bind.http_opts()
+        tunnel_id = self._tunnel_id(bind)
         requested = (opts.requested_domain or "").lower().strip().rstrip(".")
         if requested:
             problem = self._check_domain(requested, account)
@@ -196,6 +236,28 @@ class Registry:
             if policy.needs_request_body or policy.has_response_phase or policy.has_tcp_phase:
                 ep.fast_add = None
         self.endpoints[key] = [*current, ep]
+        return self._online(bind, url, tunnel_id, account)
+
+    async def _bind_tcp(self, session: AgentSession, bind: m.Bind) -> m.BindResp:
+        if self.tcp is None:
+            return _bind_error("TCP endpoints are not enabled on this edge.", NOT_SERVED)
+        try:
+            opts = bind.tcp_opts()
+        except RemoteProtocolError as exc:
+            return _bind_error(f"malformed TCP endpoint options: {exc}", "ERR_NGROK_100")
+        account = self._accounts.get(id(session), "default")
+        tunnel_id = self._tunnel_id(bind)
+        # Like random names: the tunnel id picks where the port search starts, so a re-bind (even after
+        # an edge restart, with the same key) gets its port back when it is free.
+        seed = int.from_bytes(hmac.new(self._key, b"port:" + tunnel_id.encode(), "sha256").digest()[:8])
+        try:
+            url = await self.tcp.listen(session, tunnel_id, opts, seed)
+        except TcpRefused as exc:
+            return _bind_error(exc.message, exc.code)
+        self.tcp_endpoints[tunnel_id] = TcpEntry(url, tunnel_id, session, account)
+        return self._online(bind, url, tunnel_id, account)
+
+    def _online(self, bind: m.Bind, url: str, tunnel_id: str, account: str) -> m.BindResp:
         logger.info(
             "endpoint online %s (tunnel %s, account %s, metadata %r)",
             url,
@@ -244,6 +306,7 @@ class Registry:
 
     async def unbind(self, session: AgentSession, tunnel_id: str) -> None:
         self._drop(lambda e: e.session is session and e.tunnel_id == tunnel_id)
+        self._drop_tcp(lambda e: e.session is session and e.tunnel_id == tunnel_id)
 
     async def start_labeled(
         self, session: AgentSession, req: m.StartTunnelWithLabel
@@ -252,6 +315,7 @@ class Registry:
 
     def session_closed(self, session: AgentSession) -> None:
         self._drop(lambda e: e.session is session)
+        self._drop_tcp(lambda e: e.session is session)
         self._accounts.pop(id(session), None)
 
     def _drop(self, match: Callable[[Endpoint], bool]) -> None:
@@ -265,6 +329,14 @@ class Registry:
                 self.endpoints[key] = keep
             else:
                 del self.endpoints[key]
+
+    def _drop_tcp(self, match: Callable[[TcpEntry], bool]) -> None:
+        for tunnel_id, ep in list(self.tcp_endpoints.items()):
+            if match(ep):
+                del self.tcp_endpoints[tunnel_id]
+                if self.tcp is not None:
+                    self.tcp.close(tunnel_id)
+                logger.info("endpoint offline %s (tunnel %s)", ep.url, tunnel_id)
 
     # ---- routing ------------------------------------------------------------------------------------------
     def route(self, scheme: str, host: str) -> Endpoint | None:

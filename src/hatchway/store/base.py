@@ -73,6 +73,17 @@ class DomainInfo:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class SshKeyInfo:
+    """A public key registered to an account for the SSH entry, found by its SHA-256 fingerprint."""
+
+    fingerprint: str  # "SHA256:<base64 without padding>", as ``ssh-keygen -l`` prints it
+    account: str
+    key_type: str  # "ssh-ed25519", "ssh-rsa", ...
+    comment: str
+    created_at: float
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable edge state. Implementations must be safe to share between threads and processes."""
@@ -107,6 +118,22 @@ class Store(Protocol):
 
     def domain_owner(self, host: str) -> str | None:
         """The account whose reservation covers ``host`` (the most specific one), or None."""
+        ...
+
+    def add_ssh_key(self, public_key: str, account: str = "default") -> SshKeyInfo:
+        """Register an OpenSSH public key line for ``account``; ``StoreError`` when malformed or taken."""
+        ...
+
+    def ssh_key_owner(self, fingerprint: str) -> str | None:
+        """The account a key (by SHA-256 fingerprint) belongs to, or None."""
+        ...
+
+    def list_ssh_keys(self, account: str | None = None) -> list[SshKeyInfo]:
+        """Registered keys, oldest first, optionally of one account."""
+        ...
+
+    def remove_ssh_key(self, fingerprint: str) -> bool:
+        """Forget a key; False when it was not registered."""
         ...
 
     def revision(self) -> int:

@@ -29,7 +29,8 @@ from pathlib import Path
 from types import TracebackType
 
 from hatchway.edge import domains
-from hatchway.store.base import DomainError, DomainInfo, StoreError, TokenInfo
+from hatchway.store.base import DomainError, DomainInfo, SshKeyInfo, StoreError, TokenInfo
+from hatchway.store.sshkeys import parse_public_key
 
 SCHEMA_VERSION = 1
 TOKEN_PREFIX = "hw_"
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS domains (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS domains_by_account ON domains(account);
+CREATE TABLE IF NOT EXISTS ssh_keys (
+    fingerprint TEXT PRIMARY KEY,
+    account     TEXT NOT NULL REFERENCES accounts(name),
+    key_type    TEXT NOT NULL,
+    comment     TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL
+);
 """
 
 
@@ -320,6 +328,52 @@ class SqliteStore:
         # answer with the most specific one anyway, in the order covering_names gives.
         owner: dict[str, str] = {r["name"]: r["account"] for r in rows}
         return next(owner[c] for c in candidates if c in owner)
+
+    # ---- SSH keys -----------------------------------------------------------------------------------
+
+    def add_ssh_key(self, public_key: str, account: str = "default") -> SshKeyInfo:
+        key_type, fingerprint, comment = parse_public_key(public_key)
+        now = time.time()
+        with self._write() as db:
+            account = self._ensure_account(db, account)
+            row = db.execute("SELECT account FROM ssh_keys WHERE fingerprint = ?", (fingerprint,)).fetchone()
+            if row is not None:
+                whose = "this account" if row["account"] == account else "another account"
+                raise StoreError(f"the key {fingerprint} is already registered to {whose}")
+            db.execute(
+                "INSERT INTO ssh_keys(fingerprint, account, key_type, comment, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (fingerprint, account, key_type, comment, now),
+            )
+            self._bump(db)
+        return SshKeyInfo(fingerprint, account, key_type, comment, now)
+
+    def ssh_key_owner(self, fingerprint: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT account FROM ssh_keys WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else str(row["account"])
+
+    def list_ssh_keys(self, account: str | None = None) -> list[SshKeyInfo]:
+        query = "SELECT * FROM ssh_keys" + (" WHERE account = ?" if account is not None else "")
+        with self._lock:
+            rows = self._db.execute(
+                query + " ORDER BY created_at, fingerprint", (account,) if account else ()
+            ).fetchall()
+        return [
+            SshKeyInfo(r["fingerprint"], r["account"], r["key_type"], r["comment"], r["created_at"])
+            for r in rows
+        ]
+
+    def remove_ssh_key(self, fingerprint: str) -> bool:
+        with self._write() as db:
+            gone = (
+                db.execute("DELETE FROM ssh_keys WHERE fingerprint = ?", (fingerprint.strip(),)).rowcount > 0
+            )
+            if gone:
+                self._bump(db)
+        return gone
 
     # ---- change detection ---------------------------------------------------------------------------
 
