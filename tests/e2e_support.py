@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,27 @@ import pytest
 
 BIN = Path(sys.executable).parent
 HATCHWAY = str(BIN / "hatchway")
+
+
+def ensure_tool(command: str, package: str, also: str = "") -> str:
+    """The path of ``command`` (or of ``also``, a fixed path outside PATH such as /usr/sbin/knotd),
+    installing Debian's ``package`` when it is missing. ``scripts/setup --test`` installs them all; this
+    covers a test run without it. A missing tool fails the test: it is never a reason to skip."""
+
+    def find() -> str | None:
+        return shutil.which(command) or (also if also and os.path.exists(also) else None)
+
+    found = find()
+    if found is None and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", package]
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=900)
+            subprocess.run(install, env=env, capture_output=True, timeout=900)
+        found = find()
+    if found is None:
+        pytest.fail(f"{command} is missing and could not be installed: run scripts/setup --test ({package})")
+    return found
 
 
 def free_port_range(size: int) -> tuple[int, int]:
@@ -112,6 +134,10 @@ def start_edge(data_dir: Path, *extra: str, ports: tuple[int, int, int] = (0, 0,
     ]
     if "--ssh-addr" not in extra:
         args += ["--ssh-addr", "127.0.0.1:0"]  # never the default 2222: edges of several tests may overlap
+    if "--verify-domains" not in extra and "--skip-domain-verification" not in extra:
+        # Tests reserve names like app.example.com that no DNS points at; pass --verify-domains (with
+        # --dns-resolver) to check them, as tests/e2e/test_domain_verification.py does.
+        args.append("--skip-domain-verification")
     log = open(data_dir / "edge.log", "ab")  # noqa: SIM115 -- closed with the process
     proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     edge = EdgeProc(data_dir, proc, args=args, log=log)

@@ -7,6 +7,7 @@ with exit status 1; a store opened elsewhere (the running edge) sees every chang
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,20 +79,46 @@ def test_domain_add_list_remove(tmp_path: Path) -> None:
     dd = str(tmp_path)
     code, out, err = run_domain("add", "*.Example.com", "--account", "alice", "--data-dir", dd)
     assert code == 0, err
-    assert out.strip() == "reserved *.example.com for account alice (every name below example.com)"
+    first, *rest = out.splitlines()
+    assert first == "reserved *.example.com for account alice (every name below example.com)"
+    # The CNAME record to create (custom-domain verification, tests/e2e/test_domain_verification.py).
+    (wild_target,) = [ln.split()[2] for ln in rest if ln.startswith("*.example.com CNAME ")]
+    assert wild_target.endswith(".cname.hatchway.localhost")
     code, out, err = run_domain("add", "api.shop.net", "--data-dir", dd)
     assert code == 0, err
     assert "reserved api.shop.net for account default" in out
 
     code, out, _ = run_domain("list", "--data-dir", dd)
-    lines = [line.split()[:2] for line in out.splitlines()]
-    assert lines == [["DOMAIN", "ACCOUNT"], ["*.example.com", "alice"], ["api.shop.net", "default"]]
+    lines = [line.split()[:3] for line in out.splitlines()]
+    assert lines[0] == ["DOMAIN", "ACCOUNT", "CNAME"]
+    assert lines[1:] == [["*.example.com", "alice", wild_target], ["api.shop.net", "default", lines[2][2]]]
     code, out, _ = run_domain("list", "--account", "alice", "--data-dir", dd)
     assert len(out.splitlines()) == 2
 
     assert run_domain("remove", "api.shop.net", "--data-dir", dd)[:2] == (0, "removed api.shop.net\n")
     code, out, err = run_domain("remove", "api.shop.net", "--data-dir", dd)
     assert code == 1 and "api.shop.net is not reserved" in err
+
+
+def test_domain_add_target_base_and_base_domain_names(tmp_path: Path) -> None:
+    dd = str(tmp_path)
+    code, out, err = run_domain(
+        "add", "app.example.com", "--cname-target-base", "CN.Edge.Test", "--data-dir", dd
+    )
+    assert code == 0, err
+    assert re.search(r"^app\.example\.com CNAME [0-9a-f]{20}\.cn\.edge\.test$", out, re.M), out
+    code, _, err = run_domain("add", "x.example.com", "--cname-target-base", "bad_base", "--data-dir", dd)
+    assert code == 1 and "--cname-target-base" in err
+    # The edge's base domain comes from the edge.json a running edge writes into the data dir.
+    (tmp_path / "edge.json").write_text(
+        '{"base_domain": "tunnels.test", "cname_target_base": "c.tunnels.test"}'
+    )
+    code, out, err = run_domain("add", "mine.tunnels.test", "--data-dir", dd)
+    assert code == 0 and "no DNS record needed" in out and "CNAME" not in out, err
+    assert ".c.tunnels.test" in run_domain("add", "y.example.com", "--data-dir", dd)[1]
+    rows = {ln.split()[0]: ln.split()[1:] for ln in run_domain("list", "--data-dir", dd)[1].splitlines()[1:]}
+    assert rows["mine.tunnels.test"][1:3] == ["-", "not"]  # no target shown, "not needed"
+    assert rows["app.example.com"][2:5] == ["not", "checked", "yet"]
 
 
 @pytest.mark.parametrize(

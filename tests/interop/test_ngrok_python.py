@@ -162,8 +162,8 @@ async def test_ip_literal_server_addr_uses_the_ip_san(edge: Edge) -> None:
 async def test_every_http_option_arrives_decoded(edge: Edge) -> None:
     """The builder's middleware options land in ``Opts`` and decode into the typed HttpEndpoint.
 
-    OAuth and mutual TLS are among them, which this edge refuses at Bind (ERR_NGROK_9027) rather than
-    publish an endpoint without the protection asked for: the SDK must report that refusal."""
+    OAuth is among them, which this edge refuses at Bind (ERR_NGROK_9027) rather than publish an
+    endpoint without the protection asked for: the SDK must report that refusal."""
     sess = await _builder(edge).connect()
     try:
         with pytest.raises(ValueError, match="ERR_NGROK_9027"):

@@ -10,20 +10,24 @@ says about what happened goes to stdout as plain lines, and every error to stder
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from hatchway.edge.domains import is_wildcard, wildcard_base
-from hatchway.store.base import DomainError, StoreError
+from hatchway.edge.domains import is_wildcard, under_base, validate_domain, wildcard_base
+from hatchway.edge.verify import default_cname_base, dns_record, new_cname_target
+from hatchway.store.base import DomainError, DomainInfo, StoreError
+from hatchway.store.certificates import covers
 from hatchway.store.sqlite import SqliteStore
 
 DEFAULT_DATA_DIR = "~/.hatchway/edge"
+DEFAULT_BASE_DOMAIN = "hatchway.localhost"  # the edge's default (``EdgeConfig.base_domain``)
 STATE_FILE = "state.db"
 _DEFAULT_DIR = Path(DEFAULT_DATA_DIR)  # expanded when opened, so --help shows "~"
 
@@ -43,6 +47,9 @@ token_app = typer.Typer(
 )
 domain_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Reserve domains (wildcards too) for accounts."
+)
+cert_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Bring your own certificates (served by SNI)."
 )
 ssh_key_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Register SSH public keys for the SSH entry."
@@ -139,20 +146,64 @@ def token_revoke(
 # ---- domains ----------------------------------------------------------------------------------------
 
 
+def _edge_names(data_dir: Path) -> tuple[str, str]:
+    """(base domain, CNAME target base) of the edge that uses ``data_dir``, from the ``edge.json`` it
+    writes when it starts; the edge's defaults when it has not run yet."""
+    doc: dict[str, object] = {}
+    with suppress(OSError, ValueError):
+        loaded = json.loads((Path(os.path.expanduser(data_dir)) / "edge.json").read_text())
+        doc = loaded if isinstance(loaded, dict) else {}
+    base = str(doc.get("base_domain") or DEFAULT_BASE_DOMAIN)
+    return base, str(doc.get("cname_target_base") or default_cname_base(base))
+
+
 @domain_app.command("add")
 def domain_add(
     name: Annotated[str, typer.Argument(help="Domain to reserve, e.g. app.example.com or '*.example.com'.")],
     account: AccountOpt = "default",
+    cname_target_base: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HATCHWAY_CNAME_TARGET_BASE",
+            help="Where CNAME targets live (default: the edge's, from DATA_DIR/edge.json).",
+        ),
+    ] = None,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
-    """Reserve a domain: the account owns it and every name below it."""
+    """Reserve a domain: the account owns it and every name below it. Prints the DNS record (a CNAME)
+    the edge checks before it binds the domain or gets it a certificate."""
+    base_domain, cname_base = _edge_names(data_dir)
+    try:
+        target = new_cname_target(validate_domain(cname_target_base or cname_base))
+    except DomainError as exc:
+        _fail(f"--cname-target-base: {exc.message}")
     with _store(data_dir) as store:
-        info = store.add_domain(name, account)
+        info = store.add_domain(name, account, target)
     if is_wildcard(info.name):
         scope = f"every name below {wildcard_base(info.name)}"
     else:
         scope = f"{info.name} and every name below it"
     typer.echo(f"reserved {info.name} for account {info.account} ({scope})")
+    if under_base(info.name, base_domain):
+        typer.echo(f"no DNS record needed: it is under the edge's base domain {base_domain}")
+        return
+    typer.echo(
+        "create this DNS record (the edge checks it before it binds the name or issues a certificate):"
+    )
+    typer.echo(dns_record(info.name, info.cname_target))
+    if not is_wildcard(info.name):
+        typer.echo(f"(a name below {info.name} needs its own CNAME record to the same target)")
+
+
+def _verified(d: DomainInfo, base_domain: str) -> str:
+    if under_base(d.name, base_domain):
+        return "not needed"
+    if d.checked_at is None:
+        return "not checked yet"
+    if d.verified:
+        return f"yes {_when(d.checked_at)}"
+    code = d.check_detail.split(":", 1)[0]
+    return f"no {_when(d.checked_at)} {code}".rstrip()
 
 
 @domain_app.command("list")
@@ -160,13 +211,19 @@ def domain_list(
     account: Annotated[str | None, typer.Option("--account", "-a", help="Only this account's.")] = None,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
-    """List reserved domains."""
+    """List reserved domains, the CNAME target of each, and the outcome of the edge's last DNS check."""
+    base_domain, _ = _edge_names(data_dir)
     with _store(data_dir) as store:
         found = store.list_domains(account)
     if not found:
         typer.echo("no domains", err=True)
         return
-    _table(("DOMAIN", "ACCOUNT", "CREATED"), [(d.name, d.account, _when(d.created_at)) for d in found])
+    rows = []
+    for d in found:
+        needed = not under_base(d.name, base_domain)
+        target = (d.cname_target or "(given at first check)") if needed else "-"
+        rows.append((d.name, d.account, target, _verified(d, base_domain), _when(d.created_at)))
+    _table(("DOMAIN", "ACCOUNT", "CNAME TARGET", "VERIFIED", "CREATED"), rows)
 
 
 @domain_app.command("remove")
@@ -233,3 +290,53 @@ def ssh_key_remove(
         if not store.remove_ssh_key(fingerprint):
             _fail(f"no key {fingerprint} (see `hatchway edge ssh-key list`)")
     typer.echo(f"removed {fingerprint}")
+
+
+# ---- certificates -----------------------------------------------------------------------------------
+
+
+@cert_app.command("add")
+def cert_add(
+    domain: Annotated[str, typer.Option("--domain", help="The name it serves: a host or '*.example.com'.")],
+    cert: Annotated[Path, typer.Option("--cert", help="PEM certificate chain, leaf first.")],
+    key: Annotated[Path, typer.Option("--key", help="PEM private key of the leaf (unencrypted).")],
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Serve this certificate for DOMAIN (by SNI) instead of an ACME or dev one."""
+    pems = []
+    for flag, path in (("--cert", cert), ("--key", key)):
+        try:
+            pems.append(Path(os.path.expanduser(path)).read_bytes())
+        except OSError as exc:
+            _fail(f"{flag}: cannot read {path}: {exc.strerror}")
+    with _store(data_dir) as store:
+        info = store.put_certificate(domain, pems[0], pems[1], source="manual")
+    if not any(covers(n, info.name) for n in info.names):
+        typer.echo(f"warning: the certificate names {', '.join(info.names)}, not {info.name}", err=True)
+    typer.echo(f"added a certificate for {info.name} (valid until {_when(info.not_after)})")
+
+
+@cert_app.command("list")
+def cert_list(data_dir: DataDir = _DEFAULT_DIR) -> None:
+    """List stored certificates (brought with `cert add`, or issued by ACME)."""
+    with _store(data_dir) as store:
+        found = store.list_certificates()
+    if not found:
+        typer.echo("no certificates", err=True)
+        return
+    _table(
+        ("NAME", "SOURCE", "NAMES", "EXPIRES"),
+        [(c.name, c.source, " ".join(c.names), _when(c.not_after)) for c in found],
+    )
+
+
+@cert_app.command("remove")
+def cert_remove(
+    domain: Annotated[str, typer.Option("--domain", help="The name it was added for.")],
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Stop serving a certificate you brought (ACME or the dev CA takes over)."""
+    with _store(data_dir) as store:
+        if not store.remove_certificate(domain, source="manual"):
+            _fail(f"no certificate was added for {domain} (see `hatchway edge cert list`)")
+    typer.echo(f"removed the certificate for {domain}")

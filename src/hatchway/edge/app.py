@@ -20,10 +20,16 @@ from typing import Protocol
 
 from hatchway.edge.listeners.http1 import Http1Connection
 from hatchway.edge.listeners.https import HttpsConnection
+from hatchway.edge.listeners.tls_accept import TlsAcceptor
 from hatchway.edge.registry import Registry
 from hatchway.edge.tcp import DEFAULT_RANGE, TcpEndpoints, default_url_host, parse_range
+from hatchway.edge.tls.acme import AcmeManager
+from hatchway.edge.tls.acme_client import AcmeIssuer
+from hatchway.edge.tls.acme_dns import make_provider
 from hatchway.edge.tls.certs import DevCertStore
+from hatchway.edge.tls.stored import StoredCerts
 from hatchway.edge.tunnels import TunnelServer
+from hatchway.edge.verify import DnsResolver, DomainVerifier, default_cname_base
 from hatchway.store.sqlite import SqliteStore
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,26 @@ class EdgeConfig:
     extra_tokens: set[str] = field(default_factory=set)
     # Client connections with no request in flight are closed after this long without a byte (ngrok: 5 min).
     idle_timeout: float = 300.0
+    # Custom domains (reserved names outside base_domain) are bound and get certificates only once their
+    # DNS has a CNAME to the target given at reservation (``edge/verify.py``). Targets live under
+    # ``cname_target_base`` ("" = ``cname.<base_domain>``; point ``*.<it>`` at the edge); CNAMEs are asked
+    # of ``dns_resolver`` (HOST[:PORT]; "" = the system's resolver). ``skip_domain_verification``: dev only.
+    cname_target_base: str = ""
+    dns_resolver: str = ""
+    skip_domain_verification: bool = False
+    # ACME (``edge/tls/acme.py``): off while ``acme_directory`` is empty (the dev CA serves everything).
+    # Names get certificates when an endpoint binds them (HTTP-01 on the plain HTTP listener), wildcards
+    # when bound or reserved (DNS-01 through ``acme_dns_provider``: ``rfc2136`` or ``exec``).
+    acme_directory: str = ""
+    acme_email: str = ""
+    acme_root_cas: str = ""  # CA bundle that signs the ACME server's HTTPS certificate ("" = system CAs)
+    acme_renew_before: float = 30 * 86400.0  # renew when less than this is left (seconds)
+    acme_renew_check: float = 3600.0  # look for certificates due this often; a name renews once per look
+    acme_dns_provider: str = ""
+    acme_dns_server: str = ""  # rfc2136: HOST:PORT of the zone's primary
+    acme_dns_tsig_key: str = ""  # rfc2136: NAME:ALGORITHM:BASE64SECRET
+    acme_dns_zone: str = ""  # rfc2136: the zone to update ("" = the name being validated)
+    acme_dns_exec: str = ""  # exec: CMD, run as ``CMD present|cleanup FQDN VALUE``
 
 
 class Edge:
@@ -78,15 +104,31 @@ class Edge:
         self.store: SqliteStore | None = SqliteStore(config.data_dir / "state.db")
         tcp_range = parse_range(config.tcp_addr_range)
         self.tcp = TcpEndpoints(tcp_range, config.tcp_host or default_url_host(tcp_range, config.base_domain))
+        self.cname_target_base = config.cname_target_base or default_cname_base(config.base_domain)
+        # Before a custom domain is bound (Registry) or gets a certificate (ACME: ``domain_check.verified``).
+        self.domain_check = DomainVerifier.for_store(
+            self.store,
+            config.base_domain,
+            self.cname_target_base,
+            DnsResolver(config.dns_resolver),
+            skip=config.skip_domain_verification,
+        )
         self.registry = Registry(
             self._check_token,
             base_domain=config.base_domain,
             domain_owner=self._domain_owner,
             key=_secret_key(config.data_dir / "registry.key"),
             tcp=self.tcp,
+            domain_check=self.domain_check,
         )
+        # Certificates by SNI: the endpoint's own (terminate-tls), then the store's (brought, then ACME),
+        # then the dev CA; each endpoint's TLS terms on top.
+        self.stored_certs = StoredCerts(self.store)
+        self.certs.sources.append(self.stored_certs)
+        self.certs.terms_for = self.registry.tls_terms
+        self.acme = self._make_acme()
         self.tunnels = TunnelServer(self.registry, self.certs.tunnel_context())
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | TlsAcceptor] = []
         self._clients: set[Http1Connection | HttpsConnection] = set()
         self.addresses: dict[str, tuple[str, int]] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -94,6 +136,40 @@ class Edge:
         self._revision = -1
         self._starters: list[tuple[str, ServiceStarter]] = []
         self.services: list[Service] = []
+
+    def _make_acme(self) -> AcmeManager | None:
+        """The ACME manager when a directory is configured (``ValueError`` for a bad DNS-01 setting)."""
+        cfg = self.config
+        if not cfg.acme_directory or self.store is None:
+            return None
+        dns = make_provider(
+            cfg.acme_dns_provider,
+            server=cfg.acme_dns_server,
+            tsig_key=cfg.acme_dns_tsig_key,
+            zone=cfg.acme_dns_zone,
+            command=cfg.acme_dns_exec,
+        )
+        root_cas = Path(cfg.acme_root_cas).expanduser() if cfg.acme_root_cas else None
+        issuer = AcmeIssuer(cfg.acme_directory, self.store, cfg.acme_email, root_cas)
+
+        async def issued() -> None:
+            await asyncio.to_thread(self.stored_certs.reload)
+            self.certs.invalidate()  # the next handshake gets the new certificate
+
+        manager = AcmeManager(
+            self.store,
+            issuer,
+            self.stored_certs,
+            issued,
+            dns=dns,
+            base_domain=cfg.base_domain,
+            renew_before=cfg.acme_renew_before,
+            renew_check=cfg.acme_renew_check,
+            online_hosts=lambda: [host for _scheme, host in self.registry.endpoints],
+            verified=self.domain_check.verified,
+        )
+        self.registry.on_bound = manager.on_bound
+        return manager
 
     def add_service(self, name: str, starter: ServiceStarter) -> None:
         """Start ``starter(edge)`` with the edge (before discovery is written: its address is in
@@ -130,6 +206,11 @@ class Edge:
             if rev == self._revision:
                 continue
             self._revision = rev
+            # Certificates added or renewed by the CLI or the ACME manager: serve them from now on.
+            await asyncio.to_thread(self.stored_certs.reload)
+            self.certs.invalidate()
+            if self.acme is not None:
+                self.acme.on_store_change()  # a wildcard reserved: order its certificate
             for session in list(self.tunnels.sessions):
                 auth = session.auth
                 if auth is None or auth.extra.auth_token in self.config.extra_tokens:
@@ -156,14 +237,14 @@ class Edge:
         loop = asyncio.get_running_loop()
         host, port = split_hostport(self.config.tunnel_addr)
         self.addresses["tunnel"] = await self.tunnels.start(host, port)
-        for scheme, addr, ctx in (
-            ("http", self.config.http_addr, None),
-            ("https", self.config.https_addr, self.certs.server_context()),
-        ):
-            host, port = split_hostport(addr)
-            server = await loop.create_server(self._factory(scheme), host, port, ssl=ctx, backlog=1024)
-            self._servers.append(server)
-            bound = server.sockets[0].getsockname()
+        host, port = split_hostport(self.config.http_addr)
+        server = await loop.create_server(self._factory("http"), host, port, backlog=1024)
+        # HTTPS picks each connection's whole TLS context from its ClientHello (see tls_accept.py).
+        host, port = split_hostport(self.config.https_addr)
+        acceptor = TlsAcceptor.listen(host, port, self._factory("https"), self.certs.choose)
+        for scheme, listener in (("http", server), ("https", acceptor)):
+            self._servers.append(listener)
+            bound = listener.sockets[0].getsockname()
             self.addresses[scheme] = (str(bound[0]), int(bound[1]))
         self.registry.ports = {
             "http": self.config.public_http_port or self.addresses["http"][1],
@@ -173,6 +254,8 @@ class Edge:
             self._revision = self.store.revision()
             self._poller = asyncio.ensure_future(self._watch_store())
         self._sweeper = asyncio.ensure_future(self._sweep_idle())
+        if self.acme is not None:
+            self.acme.start()
         for name, starter in self._starters:
             service = await starter(self)
             self.services.append(service)
@@ -190,6 +273,7 @@ class Edge:
             "http": self.registry.url_for("http", self.config.base_domain),
             "https": self.registry.url_for("https", self.config.base_domain),
             "base_domain": self.config.base_domain,
+            "cname_target_base": self.cname_target_base,  # ``hatchway edge domain add`` reads it
         }
         for name, (shost, sport) in self.addresses.items():
             if name not in ("tunnel", "http", "https"):
@@ -208,7 +292,12 @@ class Edge:
             conn: Http1Connection | HttpsConnection = (
                 HttpsConnection(self.registry, self._clients.discard)
                 if scheme == "https"
-                else Http1Connection(self.registry, scheme, self._clients.discard)
+                else Http1Connection(
+                    self.registry,
+                    scheme,
+                    self._clients.discard,
+                    acme=self.acme.challenge if self.acme is not None else None,
+                )
             )
             self._clients.add(conn)
             return conn
@@ -225,6 +314,8 @@ class Edge:
             self._poller.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.acme is not None:
+            await self.acme.aclose()
         in_flight: list[asyncio.Future[None]] = []
         for c in list(self._clients):
             in_flight += c.in_flight()

@@ -7,18 +7,21 @@ user's own policy, in this documented order:
 verify-webhook (``WebhookVerification``), basic-auth (``BasicAuth``), circuit-breaker
 (``CircuitBreaker``); then the user's rules.
 ``on_http_response``: compress-response (``Compression``); then the user's rules.
+``on_tcp_connect``: terminate-tls with the client CAs (``MutualTLSCA``), applied at the TLS handshake.
 
 Request and response header additions/removals and the Host rewrite are applied by the proxy itself
 (``edge/proxy.py``) on every request, after the request phase and before the response phase: the same
 effect as add-headers/remove-headers rules at those places, without the cost of a policy on endpoints
 that only change headers. The WebSocket-TCP converter is not a rule either: the HTTP/1.1 listener does the
-conversion (``Endpoint.ws_tcp``). Modules this edge cannot enforce (OAuth, OIDC, mutual TLS) are refused at
+conversion (``Endpoint.ws_tcp``). Modules this edge cannot enforce (OAuth, OIDC) are refused at
 Bind rather than ignored, since ignoring an auth module would publish an endpoint its owner believes is
 protected. Pure functions: no I/O.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +49,7 @@ def module_rules(opts: m.HttpEndpoint) -> dict[str, list[dict[str, Any]]]:
     """The rules the endpoint's module options stand for, as a policy document."""
     request: list[dict[str, Any]] = []
     response: list[dict[str, Any]] = []
+    tcp: list[dict[str, Any]] = []
 
     def rule(phase: list[dict[str, Any]], name: str, action: str, config: dict[str, Any]) -> None:
         phase.append({"name": name, "actions": [{"type": action, "config": config}]})
@@ -97,14 +101,22 @@ def module_rules(opts: m.HttpEndpoint) -> dict[str, list[dict[str, Any]]]:
         )
     if opts.compression is not None:
         rule(response, "module: compression", "compress-response", {})
+    if opts.mutual_tls_ca is not None and opts.mutual_tls_ca.mutual_tls_ca:
+        try:
+            pem = base64.b64decode(opts.mutual_tls_ca.mutual_tls_ca, validate=True).decode("ascii")
+        except (binascii.Error, ValueError) as exc:
+            raise ModuleError(POLICY_INVALID, "mutual TLS: the CA bundle is not base64 of PEM text") from exc
+        config = {"mutual_tls_certificate_authorities": [pem]}
+        rule(tcp, "module: mutual TLS", "terminate-tls", config)
     for name, value in (
         ("OAuth", opts.oauth),
         ("OIDC", opts.oidc),
-        ("mutual TLS", opts.mutual_tls_ca),
     ):
         if value is not None:
             raise ModuleError(MODULE_UNSUPPORTED, f"the {name} module is not supported by this edge")
     doc: dict[str, list[dict[str, Any]]] = {}
+    if tcp:
+        doc["on_tcp_connect"] = tcp
     if request:
         doc["on_http_request"] = request
     if response:
@@ -192,7 +204,8 @@ def endpoint_policy(opts: m.HttpEndpoint) -> CompiledPolicy | None:
         parse = any(p.path in ("policy", "modules") for p in exc.problems)
         code = POLICY_UNPARSABLE if parse else POLICY_INVALID
         raise ModuleError(code, f"The traffic policy is invalid: {exc}") from exc
-    return None if policy.empty else policy
+    # A policy with only terminate-tls runs nothing per request: the handshake applies it.
+    return None if policy.empty and policy.tls is None else policy
 
 
 __all__ = ["ModuleError", "Problem", "endpoint_policy", "module_rules", "user_policy"]

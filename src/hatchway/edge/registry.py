@@ -1,8 +1,9 @@
 """Live endpoints: which agent session and tunnel serve ``(scheme, host)``. Implements ``TunnelHooks``.
 
 It checks authtokens, gives each HTTP endpoint its URL (the requested domain, or a random name under
-the base domain), enforces domain ownership and "already online" (ngrok's error codes), and answers
-lookups with the most specific online endpoint (exact name first, then the nearest wildcard). TCP
+the base domain), enforces domain ownership, custom-domain CNAMEs (``DomainCheck``) and "already
+online" (ngrok's error codes), and answers lookups with the most specific online endpoint (exact name
+first, then the nearest wildcard). TCP
 endpoints get their address from the ``TcpListeners`` hook it is given (``edge/tcp.py``), which it
 tells when a tunnel goes offline. It holds no sockets and writes nothing to disk: durable tokens and
 reservations come from the callables it is given (the store).
@@ -18,10 +19,11 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from hatchway.edge import domains, modules
 from hatchway.edge.tcp import NOT_SERVED, TcpRefused
+from hatchway.edge.tls.terms import TermsError, TlsTerms
 from hatchway.edge.tunnels import AgentSession
 from hatchway.errors import RemoteProtocolError
 from hatchway.http.h1 import general_path_pattern
@@ -30,6 +32,8 @@ from hatchway.store.base import DomainError
 from hatchway.wire import messages as m
 
 if TYPE_CHECKING:
+    from hatchway.edge.verify import DomainProblem
+    from hatchway.policy.actions.terminate_tls import TerminateTls
     from hatchway.policy.engine import CompiledPolicy
 
 logger = logging.getLogger(__name__)
@@ -62,6 +66,7 @@ class Endpoint:
     fast_add: bytes | None = b""
     policy: CompiledPolicy | None = None  # modules and Traffic Policy (``edge/modules.py``); None: none
     ws_tcp: bool = False  # the WebSocket-TCP converter: WebSocket clients, a raw TCP upstream
+    tls: TlsTerms | None = None  # terminate-tls: applied by SNI at the handshake (``tls/certs.py``)
 
     @property
     def online(self) -> bool:
@@ -97,6 +102,16 @@ class Endpoint:
         else:
             ep.fast_add = b"".join(k + b": " + v + b"\r\n" for k, v in ep.response_add)
         return ep
+
+
+class DomainCheck(Protocol):
+    """Checks a custom domain's DNS before it is bound (``edge.verify.DomainVerifier``)."""
+
+    def needs_check(self, host: str) -> bool: ...
+
+    async def check(self, host: str) -> DomainProblem | None:
+        """None when ``host`` may be bound; else ngrok's code and a message naming the record to create."""
+        ...
 
 
 class TcpListeners(Protocol):
@@ -136,6 +151,7 @@ class Registry:
         domain_owner: DomainOwner | None = None,
         key: bytes | None = None,
         tcp: TcpListeners | None = None,
+        domain_check: DomainCheck | None = None,
     ) -> None:
         self._check = tokens if callable(tokens) else self._in_set(tokens)
         self.base_domain = base_domain.lower().strip(".")
@@ -143,11 +159,15 @@ class Registry:
         # Without an owner lookup (tests, demos) any domain may be bound; with one, names outside the
         # base domain must be reserved by the binding account.
         self._owner = domain_owner
+        # With a domain check, a reserved name outside the base domain must also have its CNAME record.
+        self._domain_check = domain_check
         # Signs tunnel ids: the bind token proves a re-bind comes from the agent that got the id, and the
         # random name derived from it survives reconnects and (with a persistent key) edge restarts.
         self._key = key if key is not None else secrets.token_bytes(32)
         self.endpoints: dict[tuple[str, str], list[Endpoint]] = {}
         self.tcp = tcp  # None: TCP binds are refused
+        # Told of each host an HTTP endpoint comes online for (the ACME manager gets it a certificate).
+        self.on_bound: Callable[[str], None] | None = None
         self.tcp_endpoints: dict[str, TcpEntry] = {}  # tunnel id -> endpoint
         self._accounts: dict[int, str] = {}  # id(session) -> account
 
@@ -203,7 +223,7 @@ class Registry:
         tunnel_id = self._tunnel_id(bind)
         requested = (opts.requested_domain or "").lower().strip().rstrip(".")
         if requested:
-            problem = self._check_domain(requested, account)
+            problem = await self._check_domain(requested, account)
             if problem is not None:
                 return problem
             host = requested
@@ -230,12 +250,23 @@ class Registry:
             gc.freeze()
         url = self.url_for(bind.proto, host)
         ep = Endpoint.build(bind.proto, host, url, tunnel_id, session, account, bind)
+        if policy is not None and policy.tls is not None:
+            if bind.proto != "https":
+                return _bind_error("terminate-tls needs an https endpoint", modules.POLICY_INVALID)
+            try:
+                ep.tls = TlsTerms.from_action(cast("TerminateTls", policy.tls))
+            except TermsError as exc:
+                return _bind_error(f"The traffic policy is invalid: {exc}", modules.POLICY_INVALID)
+        if policy is not None and policy.empty:
+            policy = None  # only terminate-tls: nothing to run per request
         if policy is not None:
             ep.policy = policy
             # The fast path runs request-phase rules only (no body to read, no response head to change).
             if policy.needs_request_body or policy.has_response_phase or policy.has_tcp_phase:
                 ep.fast_add = None
         self.endpoints[key] = [*current, ep]
+        if self.on_bound is not None:
+            self.on_bound(host)
         return self._online(bind, url, tunnel_id, account)
 
     async def _bind_tcp(self, session: AgentSession, bind: m.Bind) -> m.BindResp:
@@ -273,7 +304,7 @@ class Registry:
             extra=m.BindRespExtra(token=self._token(tunnel_id)),
         )
 
-    def _check_domain(self, host: str, account: str) -> m.BindResp | None:
+    async def _check_domain(self, host: str, account: str) -> m.BindResp | None:
         try:
             domains.validate_domain(host)
         except DomainError as exc:
@@ -289,6 +320,11 @@ class Registry:
             )
         if host.startswith("*.") and self._owner is not None and owner is None:
             return _bind_error(f"The wildcard '{host}' must be reserved first.", "ERR_NGROK_319")
+        check = self._domain_check
+        if check is not None and check.needs_check(host):
+            problem = await check.check(host)  # a DNS lookup unless recently verified (edge/verify.py)
+            if problem is not None:
+                return _bind_error(problem.message, problem.code)
         return None
 
     def _token(self, tunnel_id: str) -> str:
@@ -354,6 +390,11 @@ class Registry:
         if not live:
             return None
         return live[0] if len(live) == 1 else random.choice(live)
+
+    def tls_terms(self, host: str) -> TlsTerms | None:
+        """The TLS terms of the https endpoint serving ``host`` (the SNI name), if it set any."""
+        ep = self.route("https", host)
+        return ep.tls if ep is not None else None
 
     def lookup(self, host: str) -> tuple[AgentSession, str] | None:
         """(session, tunnel id) of the endpoint for ``host`` on any scheme (tests and the demo use it)."""

@@ -20,7 +20,7 @@ from typing import Any
 from hatchway.policy.cel import EvaluationError
 from hatchway.policy.document import CompiledRule, compile_document
 from hatchway.policy.interpolate import PolicyEnv
-from hatchway.policy.model import PHASES, Exchange, PolicyError, Reply
+from hatchway.policy.model import PHASES, Action, Exchange, PolicyError, Problem, Reply
 from hatchway.policy.variables import ALL_DIRTY, SCRATCH_KEY
 
 INTERPOLATION_ERROR = "ERR_NGROK_3900"
@@ -102,10 +102,13 @@ class CompiledPolicy:
         "has_tcp_phase",
         "needs_request_body",
         "rules",
+        "tls",
     )
 
-    def __init__(self, rules: Mapping[str, Sequence[CompiledRule]]) -> None:
+    def __init__(self, rules: Mapping[str, Sequence[CompiledRule]], tls: Action | None = None) -> None:
         self.rules: dict[str, tuple[CompiledRule, ...]] = {p: tuple(rules.get(p, ())) for p in PHASES}
+        # The ``terminate-tls`` action, if any: the edge applies it at the handshake, not per connection.
+        self.tls = tls
         self._tcp = _loop_rules(self.rules["on_tcp_connect"])
         self._request = _loop_rules(self.rules["on_http_request"])
         self._response = _loop_rules(self.rules["on_http_response"])
@@ -155,10 +158,40 @@ def compile_policy(
         problems.extend(found)
         for phase, rules in phases.items():
             merged[phase].extend(rules)
+    merged["on_tcp_connect"], tls = _take_handshake_actions(merged["on_tcp_connect"], problems)
     if problems:
         raise PolicyError(problems)
     for env in envs.values():
         env.share_needs()
-    if not any(merged.values()):
+    if not any(merged.values()) and tls is None:
         return EMPTY
-    return CompiledPolicy(merged)
+    return CompiledPolicy(merged, tls)
+
+
+def _take_handshake_actions(
+    rules: list[CompiledRule], problems: list[Problem]
+) -> tuple[list[CompiledRule], Action | None]:
+    """``on_tcp_connect`` without the actions that apply at the TLS handshake, and that action."""
+    kept: list[CompiledRule] = []
+    found: list[Action] = []
+    for rule in rules:
+        at_handshake = [a for a in rule.actions if getattr(a, "at_handshake", False)]
+        if not at_handshake:
+            kept.append(rule)
+            continue
+        if rule.conditions:
+            problems.append(
+                Problem(
+                    f"{rule.path}.expressions",
+                    "terminate-tls applies at the TLS handshake, before there is anything to match: "
+                    "put it in a rule without expressions",
+                )
+            )
+        found.extend(at_handshake)
+        rest = tuple(a for a in rule.actions if a not in at_handshake)
+        if rest:
+            kept.append(CompiledRule(rule.name, rule.path, rule.conditions, rest))
+    if len(found) > 1:
+        where = getattr(found[1], "path", "on_tcp_connect")
+        problems.append(Problem(where, "only one terminate-tls action may apply to an endpoint"))
+    return kept, (found[0] if found else None)

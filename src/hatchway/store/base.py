@@ -71,6 +71,13 @@ class DomainInfo:
     name: str
     account: str
     created_at: float
+    # Custom-domain verification (``edge/verify.py``): the CNAME target the name must point at ("" for a
+    # reservation made before targets existed: the edge gives it one on first check), and the outcome of
+    # the edge's last DNS check (``checked_at`` None: never checked; ``check_detail`` says why it failed).
+    cname_target: str = ""
+    verified: bool = False
+    checked_at: float | None = None
+    check_detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,23 @@ class SshKeyInfo:
     account: str
     key_type: str  # "ssh-ed25519", "ssh-rsa", ...
     comment: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """A certificate the edge serves for ``name`` (a host or ``*.example.com``).
+
+    ``source`` is ``manual`` (``hatchway edge cert add``: served in place of ACME) or ``acme`` (issued by the
+    edge). ``cert_pem`` is the chain, leaf first; ``names`` are those the leaf covers.
+    """
+
+    name: str
+    source: str
+    cert_pem: bytes
+    key_pem: bytes
+    names: tuple[str, ...]
+    not_after: float
     created_at: float
 
 
@@ -104,8 +128,9 @@ class Store(Protocol):
         """Revoke by id or unique id prefix. False when nothing matched; ``StoreError`` when ambiguous."""
         ...
 
-    def add_domain(self, name: str, account: str = "default") -> DomainInfo:
-        """Reserve ``name`` (validated and normalised) for ``account``; ``DomainError`` when not possible."""
+    def add_domain(self, name: str, account: str = "default", cname_target: str = "") -> DomainInfo:
+        """Reserve ``name`` (validated and normalised) for ``account``, with the CNAME target its DNS must
+        point at; ``DomainError`` when not possible."""
         ...
 
     def remove_domain(self, name: str) -> bool:
@@ -118,6 +143,20 @@ class Store(Protocol):
 
     def domain_owner(self, host: str) -> str | None:
         """The account whose reservation covers ``host`` (the most specific one), or None."""
+        ...
+
+    def domain_reservation(self, host: str) -> DomainInfo | None:
+        """The most specific reservation covering ``host``, or None."""
+        ...
+
+    def set_cname_target(self, name: str, target: str) -> str:
+        """Give the reservation ``name`` the target ``target`` unless it has one; the target it has now.
+        ``DomainError`` when ``name`` is not reserved."""
+        ...
+
+    def record_domain_check(self, name: str, verified: bool, detail: str = "") -> None:
+        """Note the outcome of a DNS check of (a name under) the reservation ``name``. Not a change the
+        ``revision`` counts: nothing else depends on it."""
         ...
 
     def add_ssh_key(self, public_key: str, account: str = "default") -> SshKeyInfo:
@@ -134,6 +173,32 @@ class Store(Protocol):
 
     def remove_ssh_key(self, fingerprint: str) -> bool:
         """Forget a key; False when it was not registered."""
+        ...
+
+    def put_certificate(
+        self, name: str, cert_pem: bytes, key_pem: bytes, source: str = "manual"
+    ) -> CertificateInfo:
+        """Keep (or replace) the ``source`` certificate for ``name``; ``StoreError`` for a bad pair."""
+        ...
+
+    def certificate(self, name: str, source: str | None = None) -> CertificateInfo | None:
+        """The certificate stored for exactly ``name`` (manual before acme unless ``source`` says)."""
+        ...
+
+    def list_certificates(self) -> list[CertificateInfo]:
+        """Every stored certificate, by name then source."""
+        ...
+
+    def remove_certificate(self, name: str, source: str | None = None) -> bool:
+        """Forget the certificate(s) of ``name``; False when there was none."""
+        ...
+
+    def put_acme_account(self, directory: str, key_pem: bytes, account: str) -> None:
+        """Keep the ACME account (its key and the server's JSON for it) for one directory URL."""
+        ...
+
+    def acme_account(self, directory: str) -> tuple[bytes, str] | None:
+        """``(key_pem, account_json)`` kept for ``directory``, or None."""
         ...
 
     def revision(self) -> int:

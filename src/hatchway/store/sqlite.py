@@ -29,10 +29,11 @@ from pathlib import Path
 from types import TracebackType
 
 from hatchway.edge import domains
-from hatchway.store.base import DomainError, DomainInfo, SshKeyInfo, StoreError, TokenInfo
+from hatchway.store.base import CertificateInfo, DomainError, DomainInfo, SshKeyInfo, StoreError, TokenInfo
+from hatchway.store.certificates import inspect_pair
 from hatchway.store.sshkeys import parse_public_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: domains gained the custom-domain verification columns
 TOKEN_PREFIX = "hw_"
 TOKEN_ID_PREFIX = "tok_"
 MIN_ID_PREFIX = 8  # "tok_" and four hex digits: shorter prefixes are too easy to get wrong
@@ -56,11 +57,31 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at  REAL
 );
 CREATE TABLE IF NOT EXISTS domains (
-    name       TEXT PRIMARY KEY,
-    account    TEXT NOT NULL REFERENCES accounts(name),
-    created_at REAL NOT NULL
+    name         TEXT PRIMARY KEY,
+    account      TEXT NOT NULL REFERENCES accounts(name),
+    created_at   REAL NOT NULL,
+    cname_target TEXT NOT NULL DEFAULT '',
+    verified     INTEGER NOT NULL DEFAULT 0,
+    checked_at   REAL,
+    check_detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS domains_by_account ON domains(account);
+CREATE TABLE IF NOT EXISTS certificates (
+    name       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    cert_pem   BLOB NOT NULL,
+    key_pem    BLOB NOT NULL,
+    names      TEXT NOT NULL,
+    not_after  REAL NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (name, source)
+);
+CREATE TABLE IF NOT EXISTS acme_accounts (
+    directory  TEXT PRIMARY KEY,
+    key_pem    BLOB NOT NULL,
+    account    TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ssh_keys (
     fingerprint TEXT PRIMARY KEY,
     account     TEXT NOT NULL REFERENCES accounts(name),
@@ -69,6 +90,16 @@ CREATE TABLE IF NOT EXISTS ssh_keys (
     created_at  REAL NOT NULL
 );
 """
+
+# Columns added to tables after version 1. ``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it
+# is, so opening an older file adds whichever of these its tables lack (``ALTER TABLE ... ADD COLUMN``).
+# Every new column needs a default (SQLite requires one for NOT NULL) and must also be in ``_SCHEMA``.
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("domains", "cname_target", "TEXT NOT NULL DEFAULT ''"),
+    ("domains", "verified", "INTEGER NOT NULL DEFAULT 0"),
+    ("domains", "checked_at", "REAL"),
+    ("domains", "check_detail", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 def hash_secret(secret: str) -> str:
@@ -99,8 +130,28 @@ def _token(row: sqlite3.Row) -> TokenInfo:
     )
 
 
+def _certificate(row: sqlite3.Row) -> CertificateInfo:
+    return CertificateInfo(
+        name=row["name"],
+        source=row["source"],
+        cert_pem=bytes(row["cert_pem"]),
+        key_pem=bytes(row["key_pem"]),
+        names=tuple(row["names"].split()),
+        not_after=row["not_after"],
+        created_at=row["created_at"],
+    )
+
+
 def _domain(row: sqlite3.Row) -> DomainInfo:
-    return DomainInfo(name=row["name"], account=row["account"], created_at=row["created_at"])
+    return DomainInfo(
+        name=row["name"],
+        account=row["account"],
+        created_at=row["created_at"],
+        cname_target=row["cname_target"],
+        verified=bool(row["verified"]),
+        checked_at=row["checked_at"],
+        check_detail=row["check_detail"],
+    )
 
 
 class SqliteStore:
@@ -183,11 +234,27 @@ class SqliteStore:
             )
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('revision', 0)")
             found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        if found > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {found}, newer than this Hatchway understands "
-                f"({SCHEMA_VERSION}); upgrade Hatchway"
-            )
+            if found > SCHEMA_VERSION:
+                # Raised inside the transaction: it rolls back, so a newer file is left untouched.
+                raise StoreError(
+                    f"{self.path} has schema version {found}, newer than this Hatchway understands "
+                    f"({SCHEMA_VERSION}); upgrade Hatchway"
+                )
+            self._add_columns(db)
+            if found < SCHEMA_VERSION:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+
+    @staticmethod
+    def _add_columns(db: sqlite3.Connection) -> None:
+        """Bring an older file's tables up to ``_SCHEMA`` (in the caller's write transaction, so two
+        processes opening the same old file cannot both add a column). Idempotent."""
+        present: dict[str, set[str]] = {}
+        for table, column, decl in _ADDED_COLUMNS:
+            if table not in present:
+                present[table] = {r["name"] for r in db.execute(f"PRAGMA table_info({table})").fetchall()}
+            if column not in present[table]:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                present[table].add(column)
 
     def close(self) -> None:
         with self._lock:
@@ -263,8 +330,10 @@ class SqliteStore:
 
     # ---- domains ------------------------------------------------------------------------------------
 
-    def add_domain(self, name: str, account: str = "default") -> DomainInfo:
+    def add_domain(self, name: str, account: str = "default", cname_target: str = "") -> DomainInfo:
         name = domains.validate_domain(name)
+        if cname_target:
+            cname_target = domains.validate_domain(cname_target)
         base = domains.wildcard_base(name)
         now = time.time()
         with self._write() as db:
@@ -293,10 +362,11 @@ class SqliteStore:
                         "ERR_NGROK_413", f"The domain {name} is already reserved for the account {account}."
                     )
             db.execute(
-                "INSERT INTO domains(name, account, created_at) VALUES (?, ?, ?)", (name, account, now)
+                "INSERT INTO domains(name, account, created_at, cname_target) VALUES (?, ?, ?, ?)",
+                (name, account, now, cname_target),
             )
             self._bump(db)
-        return DomainInfo(name, account, now)
+        return DomainInfo(name, account, now, cname_target)
 
     def remove_domain(self, name: str) -> bool:
         with self._write() as db:
@@ -328,6 +398,33 @@ class SqliteStore:
         # answer with the most specific one anyway, in the order covering_names gives.
         owner: dict[str, str] = {r["name"]: r["account"] for r in rows}
         return next(owner[c] for c in candidates if c in owner)
+
+    def domain_reservation(self, host: str) -> DomainInfo | None:
+        candidates = domains.covering_names(host)
+        marks = ",".join("?" * len(candidates))
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM domains WHERE name IN ({marks})", candidates).fetchall()
+        found = {r["name"]: r for r in rows}
+        return next((_domain(found[c]) for c in candidates if c in found), None)
+
+    def set_cname_target(self, name: str, target: str) -> str:
+        name, target = domains.normalize(name), domains.validate_domain(target)
+        with self._write() as db:
+            row = db.execute("SELECT cname_target FROM domains WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise DomainError("ERR_NGROK_319", f"The domain {name} is not reserved.")
+            if row["cname_target"]:
+                return str(row["cname_target"])
+            db.execute("UPDATE domains SET cname_target = ? WHERE name = ?", (target, name))
+            self._bump(db)
+        return target
+
+    def record_domain_check(self, name: str, verified: bool, detail: str = "") -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE domains SET verified = ?, checked_at = ?, check_detail = ? WHERE name = ?",
+                (int(verified), time.time(), detail, domains.normalize(name)),
+            )
 
     # ---- SSH keys -----------------------------------------------------------------------------------
 
@@ -374,6 +471,65 @@ class SqliteStore:
             if gone:
                 self._bump(db)
         return gone
+
+    # ---- certificates ---------------------------------------------------------------------------------
+
+    def put_certificate(
+        self, name: str, cert_pem: bytes, key_pem: bytes, source: str = "manual"
+    ) -> CertificateInfo:
+        if source not in ("manual", "acme"):
+            raise StoreError(f"unknown certificate source {source!r} (manual or acme)")
+        name = domains.normalize(name)
+        names, not_after = inspect_pair(cert_pem, key_pem)
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO certificates"
+                "(name, source, cert_pem, key_pem, names, not_after, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, source, cert_pem, key_pem, " ".join(names), not_after, now),
+            )
+            self._bump(db)
+        return CertificateInfo(name, source, cert_pem, key_pem, tuple(names), not_after, now)
+
+    def certificate(self, name: str, source: str | None = None) -> CertificateInfo | None:
+        name = domains.normalize(name)
+        query = "SELECT * FROM certificates WHERE name = ?" + (" AND source = ?" if source else "")
+        # 'manual' sorts before 'acme' with DESC: a certificate the user brought wins.
+        with self._lock:
+            row = self._db.execute(
+                query + " ORDER BY source DESC LIMIT 1", (name, source) if source else (name,)
+            ).fetchone()
+        return None if row is None else _certificate(row)
+
+    def list_certificates(self) -> list[CertificateInfo]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM certificates ORDER BY name, source DESC").fetchall()
+        return [_certificate(r) for r in rows]
+
+    def remove_certificate(self, name: str, source: str | None = None) -> bool:
+        name = domains.normalize(name)
+        query = "DELETE FROM certificates WHERE name = ?" + (" AND source = ?" if source else "")
+        with self._write() as db:
+            gone = db.execute(query, (name, source) if source else (name,)).rowcount > 0
+            if gone:
+                self._bump(db)
+        return gone
+
+    def put_acme_account(self, directory: str, key_pem: bytes, account: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO acme_accounts(directory, key_pem, account, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (directory, key_pem, account, time.time()),
+            )
+
+    def acme_account(self, directory: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT key_pem, account FROM acme_accounts WHERE directory = ?", (directory,)
+            ).fetchone()
+        return None if row is None else (bytes(row["key_pem"]), str(row["account"]))
 
     # ---- change detection ---------------------------------------------------------------------------
 

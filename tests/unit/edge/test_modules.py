@@ -6,6 +6,7 @@ heads the proxy writes, and replies made by the edge come out as whole HTTP/1.1 
 
 from __future__ import annotations
 
+import base64
 import gzip
 
 import pytest
@@ -54,7 +55,7 @@ def test_nothing_asked_means_no_policy() -> None:
     assert modules.endpoint_policy(o) is None
 
 
-@pytest.mark.parametrize("module", ["OAuth", "OIDC", "MutualTLSCA"])
+@pytest.mark.parametrize("module", ["OAuth", "OIDC"])
 def test_modules_the_edge_cannot_enforce_are_refused_not_ignored(module: str) -> None:
     o = decode({module: {}})
     assert modules.wants_policy(o)
@@ -203,3 +204,19 @@ def test_a_policy_that_does_not_parse_has_its_own_code() -> None:
     with pytest.raises(modules.ModuleError) as info:
         modules.endpoint_policy(decode({"TrafficPolicy": "on_http_request: [unclosed"}))
     assert info.value.code == modules.POLICY_UNPARSABLE
+
+
+def test_mutual_tls_becomes_a_terminate_tls_rule_applied_at_the_handshake() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    o = decode({"MutualTLSCA": {"mutual_tls_ca": base64.b64encode(pem.encode()).decode()}})
+    doc = modules.module_rules(o)
+    assert doc["on_tcp_connect"] == [
+        {
+            "name": "module: mutual TLS",
+            "actions": [{"type": "terminate-tls", "config": {"mutual_tls_certificate_authorities": [pem]}}],
+        }
+    ]
+    policy = modules.endpoint_policy(o)
+    assert policy is not None and policy.tls is not None and policy.empty  # nothing runs per request
+    with pytest.raises(modules.ModuleError, match="not base64"):
+        modules.endpoint_policy(decode({"MutualTLSCA": {"mutual_tls_ca": "%%%"}}))

@@ -55,6 +55,7 @@ from hatchway.wire.frames import ErrorCode
 
 logger = logging.getLogger(__name__)
 
+ACME_CHALLENGE = b"/.well-known/acme-challenge/"  # HTTP-01 (RFC 8555 §8.3)
 BODY_HIGH_WATER = 1 << 20  # pause reading a client whose body is not being consumed past this
 
 
@@ -157,10 +158,18 @@ class _Fast:
 class Http1Connection(asyncio.Protocol):
     """One client connection on the HTTP or HTTPS listener."""
 
-    def __init__(self, registry: Registry, scheme: str, on_close: Callable[[Http1Connection], None]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        scheme: str,
+        on_close: Callable[[Http1Connection], None],
+        acme: Callable[[str], bytes | None] | None = None,
+    ) -> None:
         self.registry = registry
         self.scheme = scheme
         self._on_close = on_close
+        # HTTP-01 answers (token -> key authorization) of the edge's ACME manager; None: ACME is off.
+        self._acme = acme
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
@@ -293,8 +302,11 @@ class Http1Connection(asyncio.Protocol):
             lower=self._lower,
             connection=frozenset(self._connection),
         )
+        # ACME HTTP-01 validation of a token the edge published: answered by the edge, before routing.
+        acme = self._acme is not None and self._url.startswith(ACME_CHALLENGE) and self._acme_reply(req)
         if (
-            not req.has_body
+            not acme
+            and not req.has_body
             and not req.upgrade
             and req.method != b"HEAD"  # its response announces a length it never sends
             and req.keep_alive
@@ -309,6 +321,17 @@ class Http1Connection(asyncio.Protocol):
         self._current = (req, body)
         self._queue.append((req, body, None))
         self._kick()
+
+    def _acme_reply(self, req: Request) -> bool:
+        """Attach the edge's answer to an HTTP-01 request for a token it published; False: not ours (the
+        request is routed like any other). The answer goes out through the queue, in order."""
+        assert self._acme is not None
+        token = bytes(self._url[len(ACME_CHALLENGE) :]).partition(b"?")[0].decode("latin-1")
+        answer = self._acme(token)
+        if answer is None:
+            return False
+        req.extra["edge_reply"] = Reply(200, [("content-type", "application/octet-stream")], answer)
+        return True
 
     def _kick(self) -> None:
         """Make the general path look at the queue (unless a fast exchange must finish first)."""
@@ -611,6 +634,10 @@ class Http1Connection(asyncio.Protocol):
             finally:
                 if resume.run is not None:
                     resume.run.finish(0)  # no-op when the response was reported already
+        if req.extra:
+            reply = req.extra.pop("edge_reply", None)
+            if isinstance(reply, Reply):  # an ACME HTTP-01 answer (``_acme_reply``)
+                return await self._send_reply(reply, req, body)
         if not req.host:
             return await self._send_error(errors.bad_request("missing Host header"), req, body)
         ep = self.registry.route(self.scheme, req.host)

@@ -1,19 +1,36 @@
-"""Which certificate a TLS client gets, chosen by SNI, from the edge's dev CA.
+"""Which certificate and TLS settings a client gets, chosen by SNI.
 
-A default certificate covers the base domain, ``*.base`` one level down, ``localhost`` and 127.0.0.1 (the
-tunnel listener and clients without SNI). Any other name (a nested or custom domain) gets its own leaf,
-issued on first use and cached. This module builds ``ssl`` contexts only; it never opens sockets.
+For a server name, in order: the endpoint's own certificate (``terminate-tls`` with
+``server_certificate``), then a certificate from a ``CertSource`` (the store: certificates brought with
+``hatchway edge cert add``, then those ACME issued), then the dev CA: a default certificate covers the base
+domain, ``*.base`` one level down, ``localhost`` and 127.0.0.1 (the tunnel listener and clients without
+SNI), and any other name gets its own leaf, issued on first use. The endpoint's ``TlsTerms`` (minimum and
+maximum TLS version, client CAs for mutual TLS) are applied on top. One ``SSLContext`` is built per
+(name, certificate, terms) and cached. This module builds ``ssl`` contexts only; it never opens sockets.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+from hatchway.edge.tls.hello import Hello
+from hatchway.edge.tls.terms import TlsTerms
 from hatchway.net import tls
 
 logger = logging.getLogger(__name__)
+
+_MAX_CONTEXTS = 10_000
+
+
+class CertSource(Protocol):
+    """Certificates other than the dev CA's. Must answer fast (it runs inside every TLS handshake);
+    contexts are cached by the pair's value, so a renewed certificate gets a new context by itself."""
+
+    def certificate_for(self, host: str) -> tls.KeyPair | None: ...
 
 
 class DevCertStore:
@@ -23,8 +40,13 @@ class DevCertStore:
         # Client-facing contexts offer HTTP/2 first, as ngrok does; the tunnel context offers no ALPN.
         self.alpn = alpn or ["h2", "http/1.1"]
         names = [base_domain, f"*.{base_domain}", "localhost", "127.0.0.1", "::1"]
-        self._default = self._context(tls.issue_cert(self.ca, names))
-        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._default_pair = tls.issue_cert(self.ca, names)
+        self._default = self._context(self._default_pair, None)
+        self._leaves: dict[str, tls.KeyPair] = {}
+        self._contexts: dict[tuple[str, tls.KeyPair, TlsTerms | None], ssl.SSLContext] = {}
+        self.sources: list[CertSource] = []
+        # The TLS terms of the endpoint serving a host (``Registry.tls_terms``); None: the defaults.
+        self.terms_for: Callable[[str], TlsTerms | None] = lambda host: None
         self._default.sni_callback = self._on_sni
 
     @property
@@ -39,8 +61,15 @@ class DevCertStore:
         ctx = tls.server_context(tls.issue_cert(self.ca, ["localhost", "127.0.0.1", "::1", self.base_domain]))
         return ctx
 
-    def _context(self, pair: tls.KeyPair) -> ssl.SSLContext:
-        return tls.server_context(pair, alpn=self.alpn)
+    def invalidate(self) -> None:
+        """Forget built contexts (a source's certificates changed)."""
+        self._contexts.clear()
+
+    def _context(self, pair: tls.KeyPair, terms: TlsTerms | None) -> ssl.SSLContext:
+        ctx = tls.server_context(pair, alpn=self.alpn)
+        if terms is not None:
+            terms.apply(ctx)
+        return ctx
 
     def _covered_by_default(self, name: str) -> bool:
         if name in (self.base_domain, "localhost"):
@@ -48,18 +77,49 @@ class DevCertStore:
         head, _, rest = name.partition(".")
         return rest == self.base_domain and bool(head)
 
-    def _on_sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
-        if not name:
-            return None
-        name = name.lower().rstrip(".")
+    def pair_for(self, name: str, terms: TlsTerms | None = None) -> tls.KeyPair:
+        """The certificate served for ``name`` (see the module docstring for the order)."""
+        if terms is not None and terms.cert is not None:
+            return terms.cert
+        for source in self.sources:
+            pair = source.certificate_for(name)
+            if pair is not None:
+                return pair
         if self._covered_by_default(name):
-            return None
-        ctx = self._contexts.get(name)
-        if ctx is None:
+            return self._default_pair
+        leaf = self._leaves.get(name)
+        if leaf is None:
             # Issuing is a key generation and a signature (~1 ms); done once per name.
-            ctx = self._context(tls.issue_cert(self.ca, [name]))
-            if len(self._contexts) > 10_000:
+            if len(self._leaves) > _MAX_CONTEXTS:
+                self._leaves.clear()
+            leaf = self._leaves[name] = tls.issue_cert(self.ca, [name])
+        return leaf
+
+    def context_for(self, name: str | None) -> ssl.SSLContext:
+        """The whole context for a connection to ``name`` (its certificate and its endpoint's terms)."""
+        if not name:
+            return self._default
+        name = name.lower().rstrip(".")
+        terms = self.terms_for(name)
+        pair = self.pair_for(name, terms)
+        if pair is self._default_pair and terms is None:
+            return self._default
+        key = (name, pair, terms)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            if len(self._contexts) > _MAX_CONTEXTS:
                 self._contexts.clear()
-            self._contexts[name] = ctx
-        sock.context = ctx
+            ctx = self._contexts[key] = self._context(pair, terms)
+        return ctx
+
+    def choose(self, hello: Hello | None) -> ssl.SSLContext:
+        """For the HTTPS accept loop, which read the ClientHello before the handshake."""
+        return self.context_for(hello.server_name if hello is not None else None)
+
+    def _on_sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
+        # Only reached when the context was not chosen from the ClientHello (a TLS server built directly
+        # on ``server_context()``): the certificate can still be switched here, the terms cannot.
+        ctx = self.context_for(name)
+        if ctx is not self._default:
+            sock.context = ctx
         return None

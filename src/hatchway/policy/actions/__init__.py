@@ -27,6 +27,8 @@ CATALOGUE: dict[str, tuple[str, frozenset[str]]] = {
     # The seed's User Agent Filter module (allow/deny regex lists, 403 ERR_NGROK_3211); not an ngrok action.
     "user-agent-filter": ("user_agent_filter", frozenset({"on_http_request"})),
     "set-vars": ("set_vars", frozenset({"on_tcp_connect", "on_http_request", "on_http_response"})),
+    # Applied at the TLS handshake (``CompiledPolicy.tls``), not per connection.
+    "terminate-tls": ("terminate_tls", frozenset({"on_tcp_connect"})),
 }
 
 
