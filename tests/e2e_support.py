@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -341,3 +342,43 @@ def sdk_process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[d
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+# ---- TCP endpoints ----------------------------------------------------------------------------------------
+
+TCP_BANNER = b"hello from upstream\n"
+
+
+class BannerEcho(socketserver.BaseRequestHandler):
+    """A TCP upstream: a banner, then echo until the client's FIN, then FIN."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.sendall(TCP_BANNER)
+        while data := sock.recv(1 << 16):
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def banner_echo_server() -> Iterator[int]:
+    """A ``BannerEcho`` server on loopback; yields its port."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), BannerEcho)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def tcp_edge(data_dir: Path, size: int) -> Iterator[tuple[EdgeProc, tuple[int, int]]]:
+    """An edge taking TCP endpoint ports from a free loopback range of ``size``; yields it and the range."""
+    first, last = free_port_range(size)
+    proc = start_edge(data_dir, "--tcp-addr-range", f"127.0.0.1:{first}-{last}")
+    try:
+        yield proc, (first, last)
+    finally:
+        proc.stop()

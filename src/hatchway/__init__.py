@@ -11,7 +11,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SDK_NAMES = ("HttpListenerBuilder", "Listener", "Session", "SessionBuilder", "disconnect_all", "forward")
+_SDK_NAMES = (
+    "HttpListenerBuilder",
+    "Listener",
+    "Session",
+    "SessionBuilder",
+    "TcpListenerBuilder",
+    "disconnect_all",
+    "forward",
+)
 __all__ = [*_SDK_NAMES, "__version__"]
 
 

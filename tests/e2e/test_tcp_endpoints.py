@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import socket
-import socketserver
 import sys
 import threading
 import time
@@ -26,11 +25,19 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import EdgeProc, free_port_range, sdk_process, start_edge, wait_for
+from e2e_support import (
+    TCP_BANNER,
+    EdgeProc,
+    banner_echo_server,
+    free_port_range,
+    sdk_process,
+    start_edge,
+    tcp_edge,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
-BANNER = b"hello from upstream\n"
 
 SDK_SCRIPT = r"""
 import json, os, sys
@@ -49,42 +56,26 @@ os._exit(0)
 """
 
 
-class BannerEcho(socketserver.BaseRequestHandler):
-    """Banner, then echo until the client's FIN, then FIN."""
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.sendall(BANNER)
-        while data := sock.recv(1 << 16):
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[int]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), BannerEcho)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with banner_echo_server() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
-def tcp_range() -> tuple[int, int]:
-    return free_port_range(16)
+def _tcp_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProc, tuple[int, int]]]:
+    with tcp_edge(tmp_path_factory.mktemp("tcp-edge"), 16) as both:
+        yield both
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory, tcp_range: tuple[int, int]) -> Iterator[EdgeProc]:
-    first, last = tcp_range
-    proc = start_edge(tmp_path_factory.mktemp("tcp-edge"), "--tcp-addr-range", f"127.0.0.1:{first}-{last}")
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def tcp_range(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> tuple[int, int]:
+    return _tcp_edge[1]
+
+
+@pytest.fixture(scope="module")
+def edge(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> EdgeProc:
+    return _tcp_edge[0]
 
 
 @contextlib.contextmanager
@@ -136,7 +127,7 @@ def refused(port: int) -> bool:
 def echo_check(port: int, payload: bytes) -> None:
     """Banner first (upstream to client), then ``payload`` echoed; the client's FIN comes back as EOF."""
     with connect(port) as sock:
-        assert read_exactly(sock, len(BANNER)) == BANNER
+        assert read_exactly(sock, len(TCP_BANNER)) == TCP_BANNER
         sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
         sender.start()
         back = read_to_eof(sock)  # the upstream half-closes after our FIN: EOF here
@@ -158,7 +149,7 @@ def test_bytes_both_ways_half_close_and_offline_after_exit(
         with connect(port) as sock:
             sock.sendall(b"last words")
             sock.shutdown(socket.SHUT_WR)
-            assert read_to_eof(sock) == BANNER + b"last words"
+            assert read_to_eof(sock) == TCP_BANNER + b"last words"
     # The SDK process has exited: its session, and with it the listening socket, is gone.
     wait_for(lambda: refused(port), within=10, what=f"port {port} to refuse connections")
 
@@ -205,7 +196,7 @@ def test_ip_restriction_and_proxy_protocol(edge: EdgeProc, upstream: int) -> Non
             got = read_to_eof(sock)
         # The SDK passes the edge's PROXY header on to the upstream, which echoes it.
         header = f"PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {port}\r\n".encode()
-        assert got == BANNER + header + b"after the header"
+        assert got == TCP_BANNER + header + b"after the header"
 
 
 def test_unreachable_upstream_closes_the_client(edge: EdgeProc) -> None:

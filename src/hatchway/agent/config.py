@@ -27,9 +27,10 @@ file (``root_cas``/``connect_cas``, ``mutual_tls_cas``, ``traffic_policy_file``,
 are relative to that file's folder. If a file cannot be read or parsed, only those errors are reported:
 checking a partial merge would report problems that are not there.
 
-TCP, TLS and labeled tunnels (and ``tcp://``/``tls://`` endpoints) are parsed and their keys checked,
-but kept apart in ``AgentConfig.unsupported``: ``AgentConfig.select`` reports them when they are asked
-to start, so a file shared with ngrok still loads and its HTTP endpoints still run.
+TCP tunnels (``proto: tcp``) and ``tcp://`` endpoints become ``EndpointSpec``s with ``proto="tcp"``. TLS and
+labeled tunnels (and ``tls://`` endpoints) are parsed and their keys checked, but kept apart in
+``AgentConfig.unsupported``: ``AgentConfig.select`` reports them when they are asked to start, so a file
+shared with ngrok still loads and its other endpoints still run.
 """
 
 from __future__ import annotations
@@ -106,10 +107,10 @@ class AgentSettings:
 
 @dataclass(frozen=True)
 class UnsupportedEndpoint:
-    """A TCP, TLS or labeled tunnel: valid in the file, refused only when asked to start."""
+    """A TLS or labeled tunnel: valid in the file, refused only when asked to start."""
 
     name: str
-    kind: str  # "tcp", "tls" or "labeled"
+    kind: str  # "tls" or "labeled"
     error: FileConfigError
 
 
@@ -445,7 +446,16 @@ _COMMON_L4: _Table = {
     "policy": _F("policy"),
     "pooling_enabled": _F("bool"),
 }
-_TCP_TUNNEL: _Table = {**_COMMON_L4, "remote_addr": _F("str")}
+_TCP_TUNNEL: _Table = {
+    **_COMMON_L4,
+    "url": _F("str", "url"),
+    "remote_addr": _F("str", "remote_addr"),
+    "metadata": _F("metadata", "metadata"),
+    "ip_restriction": _CIDRS,
+    "proxy_proto": _F("proto", "proxy_proto"),
+    "traffic_policy": _F("policy", "traffic_policy"),
+    "policy": _F("policy", "traffic_policy", note="policy is deprecated; use traffic_policy"),
+}
 _TLS_TUNNEL: _Table = {
     **_COMMON_L4,
     **dict.fromkeys(("domain", "hostname", "subdomain"), _F("str")),
@@ -478,6 +488,10 @@ _ENDPOINT: _Table = {
     },
 }
 _L4_ENDPOINT: _Table = {**_ENDPOINT, "agent_tls_termination": _F("skip")}
+_TCP_ENDPOINT: _Table = {
+    **_ENDPOINT,
+    "upstream": {"url": _F("addr", "addr"), "proxy_protocol": _F("proto", "proxy_proto")},
+}
 _TUNNEL_TABLES = {"http": _HTTP_TUNNEL, "tcp": _TCP_TUNNEL, "tls": _TLS_TUNNEL, "labeled": _LABELED_TUNNEL}
 
 # Keys from older ngrok files that difflib would not connect to their new names.
@@ -785,7 +799,8 @@ class _Build:
                 self.err(
                     (*path, "addr"), "required: the local address to forward to (a port, host:port or URL)"
                 )
-            layer4 = kind in ("tcp", "tls", "labeled")
+            layer4 = kind in ("tls", "labeled")
+            spec.proto = "tcp" if kind == "tcp" else "http"
             if not layer4:
                 self.spec_errors(spec, path, seen, {}, mark)
             if not self.claim(name, path):
@@ -794,7 +809,7 @@ class _Build:
                 where = (*path, "labels" if kind == "labeled" else "proto")
                 what = "labeled tunnels" if kind == "labeled" else f"{kind} tunnels"
                 self.unsupported(
-                    config, name, kind, where, f"{what} {_FOR_NOW}: only http tunnels are supported"
+                    config, name, kind, where, f"{what} {_FOR_NOW}: only http and tcp tunnels are supported"
                 )
             else:
                 config.endpoints[name] = spec
@@ -816,10 +831,11 @@ class _Build:
                 name = None
             url = entry.get("url")
             scheme = url.partition("://")[0] if isinstance(url, str) and "://" in url else ""
-            layer4 = scheme in ("tcp", "tls")
-            spec = EndpointSpec(name=name or "")
+            layer4 = scheme == "tls"
+            spec = EndpointSpec(name=name or "", proto="tcp" if scheme == "tcp" else "http")
             seen: dict[str, FieldPath] = {}
-            self.apply(_L4_ENDPOINT if layer4 else _ENDPOINT, entry, path, spec, seen)
+            table = _L4_ENDPOINT if layer4 else _TCP_ENDPOINT if scheme == "tcp" else _ENDPOINT
+            self.apply(table, entry, path, spec, seen)
             upstream = entry.get("upstream")
             if upstream is None:
                 self.err((*path, "upstream"), "required: where to forward, e.g. upstream: {url: 8080}")
@@ -836,7 +852,7 @@ class _Build:
                     name,
                     scheme,
                     (*path, "url"),
-                    f"{scheme}:// endpoints {_FOR_NOW}: only http:// and https://",
+                    f"{scheme}:// endpoints {_FOR_NOW}: only http://, https:// and tcp://",
                 )
             else:
                 config.endpoints[name] = spec

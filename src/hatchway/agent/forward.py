@@ -2,14 +2,15 @@
 
 By upstream kind:
 
-* ``http`` / ``https`` / ``unix``: a raw splice. Bytes are copied both ways between the stream and one
-  upstream connection (TCP, TLS or a unix socket), with backpressure in both directions and half-close
+* ``http`` / ``https`` / ``unix`` / ``tcp``: a raw splice. Bytes are copied both ways between the stream
+  and one upstream connection (TCP, TLS or a unix socket), with backpressure in both directions and half-close
   carried across (the edge's FIN becomes a TCP half-close; the upstream's EOF becomes the stream's FIN).
   HTTP is never parsed, so keep-alive and WebSocket upgrades pass through untouched. TLS has no
   half-close, so over ``https`` the edge's FIN is not passed on: the upstream connection then ends when
   the upstream closes it (or the session does).
 * ``https``: TLS to the upstream *without* certificate verification unless ``verify_tls`` is set (ngrok's
   rule for port 443 and ``https://``); SNI carries the upstream host name (never an IP literal).
+* ``tcp``: the splice over a plain TCP connection, for TCP endpoints (any protocol, never parsed).
 * ``h2c``: HTTP/1.1 translated to HTTP/2 with prior knowledge (``h2c.py``).
 * ``file``: the built-in file server (``fileserver.py``).
 
@@ -269,7 +270,7 @@ def make_forwarder(
             await serve(stream, first)
 
         return relay_h2c
-    if kind not in ("http", "https", "unix"):
+    if kind not in ("http", "https", "unix", "tcp"):
         raise ValueError(f"unknown upstream kind {kind!r}")
     ctx = upstream_tls_context(verify_tls, ca_file) if kind == "https" else None
     dial = _dialer(upstream, ctx)

@@ -57,7 +57,7 @@ class Stats:
 
 @dataclass
 class Endpoint:
-    """One spec and, while online, the tunnels bound for it (one per scheme).
+    """One spec and, while online, the tunnels bound for it (one per scheme; one "tcp" for TCP).
 
     ``forwarder`` may change while the endpoint is online (the SDK's ``listen()`` then ``forward()``);
     with none set, proxy streams are refused, which the edge reports as ERR_NGROK_8012.
@@ -159,12 +159,14 @@ class Agent:
     async def _bind(self, session: AgentSession, ep: Endpoint) -> None:
         spec = ep.spec
         opts = spec.to_bind_opts()
-        schemes = list(dict.fromkeys(spec.url_schemes()))
+        tcp = spec.proto == "tcp"
+        # A TCP endpoint is one Bind with proto "tcp"; its old tunnel id gets the same port back.
+        schemes = ["tcp"] if tcp else list(dict.fromkeys(spec.url_schemes()))
         # https first so a random name chosen for it is reused for http (ngrok's "both schemes").
         schemes.sort(key=lambda s: s != "https")
         for scheme in schemes:
             old = ep.tunnels.get(scheme)
-            if ep.host:
+            if ep.host and not tcp:
                 opts = {**opts, "Hostname": ep.host}
             tunnel = await session.bind(
                 scheme,

@@ -7,7 +7,8 @@ the SDK works the same from synchronous code (calls block and return results) an
 
 Options keep ngrok-python's names, for ``forward(**options)`` (``allow_cidr``/``ip_restriction_allow_cidrs``,
 ``verify_webhook_provider``, ``traffic_policy``, ...; dotted names such as ``"oauth.provider"`` too) and for
-``HttpListenerBuilder`` methods (``.allow_cidr()``, ``.webhook_verification()``, ``.oauth()``, ...). Every
+``HttpListenerBuilder`` methods (``.allow_cidr()``, ``.webhook_verification()``, ``.oauth()``, ...); TCP
+endpoints with ``forward(port, proto="tcp", remote_addr=...)`` or ``session.tcp_endpoint()``. Every
 spec is validated before connecting, so a bad value or a broken Traffic Policy raises ``ValueError`` naming
 the option (and the policy path) without touching the network; what the edge refuses at Bind raises
 ``ValueError`` with its ``ERR_NGROK_*`` code, as ngrok-python does. Must not: print, or hide an edge's
@@ -82,6 +83,8 @@ class Listener:
         return tunnels[0].id if tunnels else ""
 
     def proto(self) -> str:
+        if self._endpoint.spec.proto == "tcp":
+            return "tcp"
         return "https" if "https" in self._endpoint.tunnels else "http"
 
     def forwards_to(self) -> str:
@@ -247,6 +250,58 @@ class HttpListenerBuilder:
         return self._session._listen(self._spec)
 
 
+class TcpListenerBuilder:
+    """``session.tcp_endpoint().remote_addr(":10005").allow_cidr(c).listen_and_forward("localhost:22")``."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._spec = EndpointSpec(proto="tcp")
+
+    def remote_addr(self, remote_addr: str) -> TcpListenerBuilder:
+        self._spec.remote_addr = remote_addr
+        return self
+
+    def url(self, url: str) -> TcpListenerBuilder:
+        self._spec.url = url
+        return self
+
+    def metadata(self, metadata: str) -> TcpListenerBuilder:
+        self._spec.metadata = metadata
+        return self
+
+    def allow_cidr(self, cidr: str) -> TcpListenerBuilder:
+        self._spec.cidr_allow.append(cidr)
+        return self
+
+    def deny_cidr(self, cidr: str) -> TcpListenerBuilder:
+        self._spec.cidr_deny.append(cidr)
+        return self
+
+    def proxy_proto(self, proxy_proto: str | int) -> TcpListenerBuilder:
+        self._spec.proxy_proto = str(proxy_proto or "")
+        return self
+
+    def pooling_enabled(self, pooling_enabled: bool = True) -> TcpListenerBuilder:
+        self._spec.pooling_enabled = pooling_enabled
+        return self
+
+    def traffic_policy(self, policy: str) -> TcpListenerBuilder:
+        self._spec.traffic_policy = policy
+        return self
+
+    def policy(self, policy: str) -> TcpListenerBuilder:
+        """ngrok-python's name before ``traffic_policy``."""
+        return self.traffic_policy(policy)
+
+    def listen_and_forward(self, addr: str | int) -> Any:
+        self._spec.addr = str(addr)
+        return self._session._listen(self._spec)
+
+    def listen(self) -> Any:
+        """Bind with no upstream yet; call ``listener.forward(addr)`` to start serving."""
+        return self._session._listen(self._spec)
+
+
 class Session:
     def __init__(self, options: AgentOptions) -> None:
         self._options = options
@@ -254,6 +309,9 @@ class Session:
 
     def http_endpoint(self) -> HttpListenerBuilder:
         return HttpListenerBuilder(self)
+
+    def tcp_endpoint(self) -> TcpListenerBuilder:
+        return TcpListenerBuilder(self)
 
     def _listen(self, spec: EndpointSpec) -> Any:
         _check(spec, builder=True)
@@ -393,6 +451,8 @@ _METHOD_FOR = {
     "traffic_policy": "traffic_policy()",
     "upstream_protocol": "app_protocol()",
     "schemes": "scheme()",
+    "remote_addr": "remote_addr()",
+    "proxy_proto": "proxy_proto()",
 }
 
 
@@ -502,6 +562,7 @@ def _spec_from_options(addr: object, options: dict[str, Any]) -> EndpointSpec:
     spec.upstream_protocol = str(o.pop("app_protocol", "") or "http1")
     spec.proxy_proto = str(o.pop("proxy_proto", "") or "")
     spec.pooling_enabled = _flag(o.pop("pooling_enabled", False), "pooling_enabled")
+    spec.remote_addr = str(o.pop("remote_addr", "") or "")
     o.pop("proto", None)
     for key in _SESSION_OPTIONS:
         o.pop(key, None)
@@ -515,8 +576,8 @@ def forward(addr: object = None, proto: str = "http", **options: Any) -> Any:
 
     Blocks and returns a ``Listener`` from sync code; returns an awaitable inside a running event loop.
     """
-    if proto not in ("http", "https"):
-        raise ValueError(f"proto {proto!r} is not supported yet (http only)")
+    if proto not in ("http", "https", "tcp"):
+        raise ValueError(f"proto {proto!r} is not supported yet (http or tcp)")
     builder = SessionBuilder()
     if options.get("authtoken"):
         builder.authtoken(str(options["authtoken"]))
@@ -531,6 +592,7 @@ def forward(addr: object = None, proto: str = "http", **options: Any) -> Any:
     if options.get("session_metadata"):
         builder.metadata(str(options["session_metadata"]))
     spec = _spec_from_options(addr, options)
+    spec.proto = "tcp" if proto == "tcp" else "http"
     _check(spec)  # before connecting: nothing goes online with a bad option or a broken policy
     agent_options = builder._options()
 

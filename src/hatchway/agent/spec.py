@@ -35,7 +35,7 @@ BASIC_AUTH_MAX = 10
 
 @dataclass(frozen=True)
 class Upstream:
-    """Where proxied traffic goes. ``kind`` is one of http, https, h2c, unix, file."""
+    """Where proxied traffic goes. ``kind`` is one of http, https, h2c, unix, file, tcp (raw bytes)."""
 
     kind: str
     host: str = ""
@@ -54,6 +54,8 @@ class Upstream:
     def url(self) -> str:
         if self.kind in ("unix", "file"):
             return self.addr
+        if self.kind == "tcp":
+            return f"tcp://{self.host}:{self.port}"
         scheme = "https" if self.kind == "https" else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
@@ -116,9 +118,12 @@ def _host_port(host: str, port: int | None, scheme: str | None, proto: str, fiel
 
 @dataclass
 class EndpointSpec:
-    """One HTTP endpoint as the user asked for it (ngrok's names)."""
+    """One endpoint as the user asked for it (ngrok's names). ``proto`` is "http" (the default) or "tcp";
+    the TCP specifics (``remote_addr``, the raw upstream, its Bind opts) live in ``tcp_spec.py``."""
 
     addr: str = ""
+    proto: str = "http"
+    remote_addr: str = ""  # tcp only: HOST:PORT or :PORT to ask the edge for
     name: str = ""
     domain: str = ""
     url: str = ""
@@ -160,6 +165,10 @@ class EndpointSpec:
     inspect: bool = True
 
     def upstream(self) -> Upstream:
+        if self.proto == "tcp":
+            from hatchway.agent.tcp_spec import parse_tcp_upstream
+
+            return parse_tcp_upstream(self.addr)
         return parse_upstream(self.addr, upstream_protocol=self.upstream_protocol)
 
     def requested_domain(self) -> str:
@@ -171,6 +180,8 @@ class EndpointSpec:
         return self.domain
 
     def url_schemes(self) -> list[str]:
+        if self.proto == "tcp":
+            return ["tcp"]
         if self.url and "://" in self.url:
             return [urlsplit(self.url).scheme]
         return self.schemes
@@ -189,10 +200,23 @@ class EndpointSpec:
         def err(name: str, msg: str) -> None:
             errors.append(ConfigError(f"{p}{name}", msg))
 
+        if self.proto not in ("http", "tcp"):
+            err("proto", f"must be http or tcp, got {self.proto!r}")
+            return errors
+        if self.proto == "tcp":
+            from hatchway.agent.tcp_spec import tcp_problems
+
+            for name, msg in tcp_problems(self):
+                err(name, msg)
+            self._validate_cidrs(err)
+            self._validate_proxy_and_policy(err)
+            return errors
         try:
             self.upstream()
         except ConfigError as exc:
             errors.append(ConfigError(f"{p}{exc.field_path}", exc.message))
+        if self.remote_addr:
+            err("remote_addr", "is a TCP option (proto tcp); HTTP endpoints use url or domain")
         for s in self.url_schemes():
             if s not in SCHEMES:
                 err("schemes", f"unknown scheme {s!r} (use http, https)")
@@ -211,13 +235,7 @@ class EndpointSpec:
                 name, sep, _ = h.partition(":")
                 if not sep or not name.strip():
                     err(f"{key}[{i}]", f"must be 'name: value', got {h!r}")
-        for key in ("cidr_allow", "cidr_deny"):
-            for i, cidr in enumerate(getattr(self, key)):
-                if not _is_cidr(cidr):
-                    err(
-                        f"{key}[{i}]",
-                        f"not an IPv4 or IPv6 CIDR: {cidr!r} (e.g. 192.0.2.0/24 or 2001:db8::/32)",
-                    )
+        self._validate_cidrs(err)
         # NaN fails both comparisons, so it is refused too.
         if not 0.0 <= self.circuit_breaker <= 1.0:
             err("circuit_breaker", "must be between 0 and 1")
@@ -234,12 +252,25 @@ class EndpointSpec:
             problem = _pem_problem(self.mutual_tls_cas)
             if problem:
                 err("mutual_tls_cas", problem)
+        self._validate_proxy_and_policy(err)
+        return errors
+
+    def _validate_cidrs(self, err: _Report) -> None:
+        for key in ("cidr_allow", "cidr_deny"):
+            for i, cidr in enumerate(getattr(self, key)):
+                if not _is_cidr(cidr):
+                    err(
+                        f"{key}[{i}]",
+                        f"not an IPv4 or IPv6 CIDR: {cidr!r} (e.g. 192.0.2.0/24 or 2001:db8::/32)",
+                    )
+
+    def _validate_proxy_and_policy(self, err: _Report) -> None:
+        """Checks HTTP and TCP endpoints share (with ``_validate_cidrs``)."""
         if self.proxy_proto not in ("", "1", "2"):
             err("proxy_proto", "must be 1 or 2")
         if self.traffic_policy:
             for path, message in policy_problems(self.traffic_policy):
                 err(f"traffic_policy.{path}" if path else "traffic_policy", message)
-        return errors
 
     def _validate_webhook(self, err: _Report) -> None:
         if not self.verify_webhook:
@@ -291,7 +322,12 @@ class EndpointSpec:
                 err(key, "is required for OpenID Connect")
 
     def to_bind_opts(self) -> dict[str, Any]:
-        """The HttpEndpoint ``Opts`` for Bind, spelled as the Rust SDKs spell them (protocol.md §5.2)."""
+        """The HttpEndpoint ``Opts`` for Bind, spelled as the Rust SDKs spell them (protocol.md §5.2);
+        the TcpEndpoint ones for a TCP spec (``tcp_spec.tcp_bind_opts``)."""
+        if self.proto == "tcp":
+            from hatchway.agent.tcp_spec import tcp_bind_opts
+
+            return tcp_bind_opts(self)
         opts: dict[str, Any] = {
             "Hostname": self.requested_domain(),
             "Auth": "",

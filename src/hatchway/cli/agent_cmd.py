@@ -1,4 +1,5 @@
-"""``hatchway http``, ``hatchway start`` and ``hatchway config check``: flags and files to an ``Agent``.
+"""``hatchway http``, ``hatchway tcp``, ``hatchway start``, ``hatchway config check``: flags and files to an
+``Agent``.
 
 Resolution order for where to connect: flags, then environment (``HATCHWAY_AUTHTOKEN``,
 ``NGROK_AUTHTOKEN``), then config files, then a dev edge on this machine (its data dir holds
@@ -8,8 +9,9 @@ otherwise. This module parses and prints; the agent's behaviour lives in ``agent
 ``hatchway http`` takes ngrok's module flags (``--basic-auth``, ``--cidr-allow``, ``--verify-webhook``, ...)
 and ``--traffic-policy-file``; the spec is validated before connecting, so a bad value or a broken policy
 is printed with its flag (and the policy path) and nothing goes online. What the edge refuses at Bind is
-printed as ``ERROR: message [ERR_NGROK_...]``. Must not: print tracebacks for user errors, or decide
-what the edge supports (it says so itself).
+printed as ``ERROR: message [ERR_NGROK_...]``. ``hatchway tcp`` does the same for ngrok's TCP flags
+(``--remote-addr``, ``--url tcp://...``, ``--cidr-allow``/``--cidr-deny``, ``--proxy-proto``).
+Must not: print tracebacks for user errors, or decide what the edge supports (it says so itself).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TextIO
@@ -416,6 +419,29 @@ def http_spec(
 SPEC_FLAGS = frozenset(inspect.signature(http_spec).parameters)
 
 
+ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", help="Config file(s), merged in order.")]
+LogOpt = Annotated[str | None, typer.Option(help="stdout, stderr, false or a file.")]
+LogFormatOpt = Annotated[str | None, typer.Option(help="logfmt or json.")]
+LogLevelOpt = Annotated[str | None, typer.Option(help="debug, info, warn, error.")]
+ServerAddrOpt = Annotated[str | None, typer.Option(help="The edge's agent address HOST:PORT.")]
+RootCasOpt = Annotated[str | None, typer.Option(help="PEM file of CAs to trust for the edge.")]
+
+
+def _start_one(build: Callable[[], EndpointSpec], cfg: AgentConfig, flags: dict[str, Any]) -> None:
+    """Validate one endpoint from its command's flags (``build``), resolve where to connect, and run."""
+    try:
+        spec = build()
+    except FlagProblems as exc:
+        for line in exc.lines:
+            typer.echo(f"ERROR: {line}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        res = resolve(cfg, [spec], flags.get("authtoken"), flags.get("server_addr"), flags.get("root_cas"))
+    except ConfigError as exc:
+        _fail(exc)
+    _run(res, flags.get("log"), flags.get("log_format"), flags.get("log_level"))
+
+
 def http(
     addr: Annotated[str, typer.Argument(help="Port, host:port, URL, file:///abs/path or unix:/path.")],
     authtoken: Annotated[
@@ -475,32 +501,89 @@ def http(
         typer.Option(help="Traffic Policy inline: YAML/JSON text, or base64url of it (URL-safe, for ssh)."),
     ] = None,
     pooling_enabled: Annotated[bool, typer.Option()] = False,
-    config: Annotated[
-        list[Path] | None, typer.Option("--config", help="Config file(s), merged in order.")
-    ] = None,
-    log: Annotated[str | None, typer.Option(help="stdout, stderr, false or a file.")] = None,
-    log_format: Annotated[str | None, typer.Option(help="logfmt or json.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warn, error.")] = None,
-    server_addr: Annotated[str | None, typer.Option(help="The edge's agent address HOST:PORT.")] = None,
-    root_cas: Annotated[str | None, typer.Option(help="PEM file of CAs to trust for the edge.")] = None,
+    config: ConfigOpt = None,
+    log: LogOpt = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+    server_addr: ServerAddrOpt = None,
+    root_cas: RootCasOpt = None,
 ) -> None:
     """Expose a local HTTP service on a public URL."""
+    flags = dict(locals())
     try:
         cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
     except ConfigErrors as exc:
         _fail(exc)
-    flags = {k: v for k, v in locals().items() if k in SPEC_FLAGS}
+    _start_one(lambda: http_spec(**{k: v for k, v in flags.items() if k in SPEC_FLAGS}), cfg, flags)
+
+
+def tcp_endpoint_spec(
+    addr: str,
+    remote_addr: str | None = None,
+    url: str | None = None,
+    cidr_allow: list[str] | None = None,
+    cidr_deny: list[str] | None = None,
+    proxy_proto: str | None = None,
+    metadata: str | None = None,
+) -> EndpointSpec:
+    """The endpoint that ``hatchway tcp`` flags describe, validated offline (the SSH entry's ``tcp`` parses
+    the same flags with the same command and calls this too). Raises ``FlagProblems``."""
+    spec = EndpointSpec(
+        addr=addr,
+        proto="tcp",
+        name="command_line",
+        remote_addr=remote_addr or "",
+        url=url or "",
+        cidr_allow=_split_multi(cidr_allow),
+        cidr_deny=_split_multi(cidr_deny),
+        proxy_proto=proxy_proto or "",
+        metadata=metadata or "",
+    )
+    problems = spec.validate()
+    if problems:
+        raise FlagProblems([flag_error(p) for p in problems])
+    return spec
+
+
+TCP_SPEC_FLAGS = frozenset(inspect.signature(tcp_endpoint_spec).parameters)
+
+
+def tcp(
+    addr: Annotated[str, typer.Argument(help="Local port or host:port to forward to.")],
+    authtoken: Annotated[
+        str | None, typer.Option(help="Authtoken (also HATCHWAY_AUTHTOKEN / NGROK_AUTHTOKEN).")
+    ] = None,
+    remote_addr: Annotated[
+        str | None, typer.Option(help="The edge's HOST:PORT (or :PORT) to listen on; default: any port.")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Endpoint URL, e.g. tcp://tcp.example.com:10005.")] = None,
+    cidr_allow: Annotated[list[str] | None, typer.Option(help="Only clients in these CIDRs.")] = None,
+    cidr_deny: Annotated[list[str] | None, typer.Option(help="Refuse clients in these CIDRs.")] = None,
+    proxy_proto: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy-proto",
+            "--upstream-proxy-protocol",
+            help="Send a PROXY protocol header (1 or 2) to the upstream.",
+        ),
+    ] = None,
+    metadata: Annotated[str | None, typer.Option(help="Opaque text kept with the endpoint.")] = None,
+    config: ConfigOpt = None,
+    log: LogOpt = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+    server_addr: ServerAddrOpt = None,
+    root_cas: RootCasOpt = None,
+) -> None:
+    """Expose a local TCP service (ssh, a database, ...) on a public tcp://HOST:PORT."""
+    flags = dict(locals())
     try:
-        spec = http_spec(**flags)
-    except FlagProblems as exc:
-        for line in exc.lines:
-            typer.echo(f"ERROR: {line}", err=True)
-        raise typer.Exit(1) from None
-    try:
-        res = resolve(cfg, [spec], authtoken, server_addr, root_cas)
-    except ConfigError as exc:
+        cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
+    except ConfigErrors as exc:
         _fail(exc)
-    _run(res, log, log_format, log_level)
+    _start_one(
+        lambda: tcp_endpoint_spec(**{k: v for k, v in flags.items() if k in TCP_SPEC_FLAGS}), cfg, flags
+    )
 
 
 def start(

@@ -18,12 +18,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Hatchway: a 
 
 
 def _mount() -> None:
-    from hatchway.cli.agent_cmd import config_app, http, start
+    from hatchway.cli.agent_cmd import config_app, http, start, tcp
     from hatchway.cli.edge_cmd import edge_app
 
     app.add_typer(edge_app, name="edge")
     app.add_typer(config_app, name="config")
     app.command()(http)
+    app.command()(tcp)
     app.command()(start)
 
 

@@ -12,10 +12,9 @@ Pure: no I/O, no asyncio. Problems become ``CommandError`` with lines meant for 
 
 from __future__ import annotations
 
-import ipaddress
 import shlex
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -25,7 +24,16 @@ from typer._click.core import ParameterSource
 from typer._click.exceptions import ClickException
 
 from hatchway.agent.spec import SCHEMES
-from hatchway.cli.agent_cmd import SPEC_FLAGS, FlagProblems, _split_multi, http, http_spec
+from hatchway.cli.agent_cmd import (
+    SPEC_FLAGS,
+    TCP_SPEC_FLAGS,
+    FlagProblems,
+    _split_multi,
+    http,
+    http_spec,
+    tcp,
+    tcp_endpoint_spec,
+)
 
 #: Bind addresses that name no domain (OpenSSH sends "localhost" when ``-R`` has none).
 LOCAL_BINDS = frozenset({"", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
@@ -79,15 +87,6 @@ class Plan:
     help_text: str = ""  # set for ``http --help``: print it and stop
 
 
-def tcp(
-    remote_addr: Annotated[str, typer.Option(help="A port in the edge's TCP range, e.g. :10005.")] = "",
-    cidr_allow: Annotated[list[str] | None, typer.Option(help="Only clients in these CIDRs.")] = None,
-    cidr_deny: Annotated[list[str] | None, typer.Option(help="Refuse clients in these CIDRs.")] = None,
-    metadata: Annotated[str, typer.Option(help="Opaque text kept with the endpoint.")] = "",
-) -> None:
-    """Open a TCP endpoint (its flags are parsed here, never run)."""
-
-
 def _command(func: Any) -> Command:
     app = typer.Typer(add_completion=False)
     app.command()(func)
@@ -95,7 +94,7 @@ def _command(func: Any) -> Command:
 
 
 _HTTP = _command(http)
-_TCP = _command(tcp)
+_TCP = _command(tcp)  # the CLI's own `hatchway tcp`
 
 
 def _flag_help(cmd: Command, skip: set[str]) -> str:
@@ -143,16 +142,22 @@ def _parse(cmd: Command, args: list[str]) -> Context:
         raise CommandError("ERROR: nothing to do") from exc
 
 
+def _refuse_agent_only(ctx: Context) -> set[str]:
+    """The parameters given on the command line; the agent-only ones among them are refused by name."""
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    refused = [_AGENT_ONLY[n] for n in sorted(given & _AGENT_ONLY.keys())]
+    if refused:
+        raise CommandError(*(f"ERROR: {flag} is not available over ssh" for flag in refused))
+    return given
+
+
 def _plan_http(args: list[str], fwd: Forward, verbose: bool) -> Plan:
     if "--help" in args or "-h" in args:
         text = "usage: ... http [flags] [--verbose]\n" + _flag_help(_HTTP, {"addr", *_AGENT_ONLY})
         return Plan([], help_text=text)
     # The upstream is on the client's side of the channel; a stand-in address keeps the parser whole.
     ctx = _parse(_HTTP, ["localhost:80", *args])
-    given = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    refused = [_AGENT_ONLY[n] for n in sorted(given & _AGENT_ONLY.keys())]
-    if refused:
-        raise CommandError(*(f"ERROR: {flag} is not available over ssh" for flag in refused))
+    given = _refuse_agent_only(ctx)
     if ctx.params.get("host_header") == "rewrite":
         raise CommandError(
             "ERROR: --host-header=rewrite needs the upstream's name, which only your ssh client knows; "
@@ -192,20 +197,16 @@ def _plan_http(args: list[str], fwd: Forward, verbose: bool) -> Plan:
 
 def _plan_tcp(args: list[str], fwd: Forward, verbose: bool) -> Plan:
     if "--help" in args or "-h" in args:
-        return Plan([], help_text="usage: ... tcp [flags] [--verbose]\n" + _flag_help(_TCP, set()))
-    ctx = _parse(_TCP, args)
-    p = ctx.params
-    remote = str(p["remote_addr"] or "")
-    if not remote and fwd.listen_port:
-        remote = f":{fwd.listen_port}"  # -R 10005:... asks for that port
-    opts: dict[str, Any] = {"Addr": remote}
-    allow, deny = _split_multi(p["cidr_allow"]), _split_multi(p["cidr_deny"])
-    for flag, values in (("--cidr-allow", allow), ("--cidr-deny", deny)):
-        for v in values:
-            try:
-                ipaddress.ip_network(v, strict=False)
-            except ValueError as exc:
-                raise CommandError(f"ERROR: {flag}: {v!r} is not a CIDR (e.g. 10.0.0.0/8)") from exc
-    if allow or deny:
-        opts["IPRestriction"] = {"allow_cidrs": allow, "deny_cidrs": deny}
-    return Plan([("tcp", opts)], verbose=verbose, metadata=str(p["metadata"] or ""))
+        return Plan(
+            [], help_text="usage: ... tcp [flags] [--verbose]\n" + _flag_help(_TCP, {"addr", *_AGENT_ONLY})
+        )
+    ctx = _parse(_TCP, ["localhost:22", *args])  # the upstream is on the client's side, as for http
+    _refuse_agent_only(ctx)
+    params = {k: v for k, v in ctx.params.items() if k in TCP_SPEC_FLAGS}
+    if not params.get("remote_addr") and not params.get("url") and fwd.listen_port:
+        params["remote_addr"] = f":{fwd.listen_port}"  # -R 10005:... asks for that port
+    try:
+        spec = tcp_endpoint_spec(**params)
+    except FlagProblems as exc:
+        raise CommandError(*(f"ERROR: {line}" for line in exc.lines)) from exc
+    return Plan([("tcp", spec.to_bind_opts())], verbose=verbose, metadata=spec.metadata)

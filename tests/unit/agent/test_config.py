@@ -757,29 +757,23 @@ def unsupported_config(tmp_path: Path) -> AgentConfig:
     )
 
 
-def test_tcp_tls_and_labeled_tunnels_load_but_cannot_start(tmp_path: Path) -> None:
+def test_tls_and_labeled_tunnels_load_but_cannot_start_tcp_ones_can(tmp_path: Path) -> None:
     config = unsupported_config(tmp_path)
-    assert list(config.endpoints) == ["web"]
-    assert {n: u.kind for n, u in config.unsupported.items()} == {
-        "ssh": "tcp",
-        "tls": "tls",
-        "labeled": "labeled",
-    }
-    assert list(config.select(["web"])) == ["web"]
+    assert list(config.endpoints) == ["web", "ssh"]
+    assert config.endpoints["ssh"].proto == "tcp"
+    assert config.endpoints["ssh"].remote_addr == "1.tcp.example:12345"
+    assert {n: u.kind for n, u in config.unsupported.items()} == {"tls": "tls", "labeled": "labeled"}
+    assert list(config.select(["web", "ssh"])) == ["web", "ssh"]
     with pytest.raises(ConfigErrors) as info:
-        config.select(["web", "ssh"])
+        config.select(["web", "tls"])
     [error] = info.value.errors
     assert str(error) == (
-        f"{tmp_path / 'c.yml'}: tunnels.ssh.proto: tcp tunnels are not supported by this agent for now: "
-        "only http tunnels are supported"
+        f"{tmp_path / 'c.yml'}: tunnels.tls.proto: tls tunnels are not supported by this agent for now: "
+        "only http and tcp tunnels are supported"
     )
     with pytest.raises(ConfigErrors) as info:
         config.select(all_endpoints=True)
-    assert [e.field_path for e in info.value.errors] == [
-        "tunnels.ssh.proto",
-        "tunnels.tls.proto",
-        "tunnels.labeled.labels",
-    ]
+    assert [e.field_path for e in info.value.errors] == ["tunnels.tls.proto", "tunnels.labeled.labels"]
 
 
 def test_unsupported_tunnels_still_have_their_keys_checked(tmp_path: Path) -> None:

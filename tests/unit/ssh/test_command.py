@@ -79,7 +79,8 @@ def test_inline_policy_plain_and_url_safe() -> None:
         ("http --host-header=rewrite", "only your ssh client knows"),
         ("http --traffic-policy 'on_http_request: [{actions: [{type: nope}]}]'", "nope"),
         ("http 'unterminated", "cannot split"),
-        ("tcp --cidr-allow 300.1.1.1/8", "is not a CIDR"),
+        ("tcp --cidr-allow 300.1.1.1/8", "--cidr-allow[0]: not an IPv4 or IPv6 CIDR"),
+        ("tcp --config x.yml", "--config is not available over ssh"),
     ],
 )
 def test_problems_are_named(command: str, message: str) -> None:
