@@ -13,7 +13,7 @@ import typer
 import yaml
 
 from hatchway.cli.edge_admin import cert_app, domain_app, ssh_key_app, token_app
-from hatchway.edge.app import Edge, EdgeConfig
+from hatchway.edge.app import Edge, EdgeConfig, ListenError
 from hatchway.edge.domains import validate_domain
 from hatchway.edge.tcp import DEFAULT_RANGE, parse_range
 from hatchway.edge.tls.acme import parse_duration
@@ -296,7 +296,13 @@ async def _serve(cfg: EdgeConfig) -> None:
         from hatchway.ssh.server import serve_ssh
 
         edge.add_service("ssh", lambda e: serve_ssh(e, cfg.ssh_addr))
-    await edge.start()
+    try:
+        await edge.start()
+    except ListenError as exc:
+        flag = "--" + exc.key.replace("_", "-")
+        typer.echo(f"ERROR: {flag}{str(exc).removeprefix(exc.key)}", err=True)
+        await edge.aclose(drain=0)
+        raise typer.Exit(1) from None
     a = edge.addresses
     typer.echo(f"hatchway edge: data dir {cfg.data_dir}", err=True)
     typer.echo(

@@ -9,11 +9,12 @@ together and owns their lifetimes; it holds no protocol or routing logic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -235,13 +236,16 @@ class Edge:
     # ---- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        host, port = split_hostport(self.config.tunnel_addr)
-        self.addresses["tunnel"] = await self.tunnels.start(host, port)
-        host, port = split_hostport(self.config.http_addr)
-        server = await loop.create_server(self._factory("http"), host, port, backlog=1024)
+        with _listening("tunnel_addr", self.config.tunnel_addr):
+            host, port = split_hostport(self.config.tunnel_addr)
+            self.addresses["tunnel"] = await self.tunnels.start(host, port)
+        with _listening("http_addr", self.config.http_addr):
+            host, port = split_hostport(self.config.http_addr)
+            server = await loop.create_server(self._factory("http"), host, port, backlog=1024)
         # HTTPS picks each connection's whole TLS context from its ClientHello (see tls_accept.py).
-        host, port = split_hostport(self.config.https_addr)
-        acceptor = TlsAcceptor.listen(host, port, self._factory("https"), self.certs.choose)
+        with _listening("https_addr", self.config.https_addr):
+            host, port = split_hostport(self.config.https_addr)
+            acceptor = TlsAcceptor.listen(host, port, self._factory("https"), self.certs.choose)
         for scheme, listener in (("http", server), ("https", acceptor)):
             self._servers.append(listener)
             bound = listener.sockets[0].getsockname()
@@ -257,7 +261,8 @@ class Edge:
         if self.acme is not None:
             self.acme.start()
         for name, starter in self._starters:
-            service = await starter(self)
+            with _listening(f"{name}_addr", ""):
+                service = await starter(self)
             self.services.append(service)
             self.addresses[name] = service.address
         settle_heap()
@@ -329,6 +334,24 @@ class Edge:
             elif c.transport is not None:
                 c.transport.close()
         await self.tunnels.aclose(drain=1.0)
+
+
+class ListenError(Exception):
+    """A listener could not open its socket; ``key`` is the config key (``http_addr``, ...) to fix."""
+
+    def __init__(self, key: str, addr: str, reason: str) -> None:
+        super().__init__(f"{key}: cannot listen on {addr}: {reason}" if addr else f"{key}: {reason}")
+        self.key = key
+
+
+@contextlib.contextmanager
+def _listening(key: str, addr: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise ListenError(key, addr, exc.strerror or str(exc)) from exc
+    except ValueError as exc:  # a malformed HOST:PORT
+        raise ListenError(key, addr, f"not HOST:PORT ({exc})") from exc
 
 
 def settle_heap() -> None:
