@@ -1153,6 +1153,10 @@ class CompiledExpression:
         if found is not None:
             self._bool, self.truth = found
 
+    def reads_only(self, names: frozenset[str]) -> bool:
+        """Whether the value depends on nothing but the variables ``names`` (and constants)."""
+        return not self._reads_exchange and self.needs <= names
+
     @property
     def fast(self) -> bool:
         """Whether the fast path covers this expression (CEL runs only when it defers)."""

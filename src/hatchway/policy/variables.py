@@ -552,6 +552,7 @@ _VARS = 8  # vars / actions results, compared only while an activation carries t
 ALL_DIRTY: Final = 15
 _REQ_SNAPPED = _URL_DERIVED | _REQ_HEADERS  # kinds whose snapshots VarState takes when first needed
 REQ_HEADERS: Final = _REQ_HEADERS  # for cel's inline reads of req.headers
+URL_DERIVED: Final = _URL_DERIVED  # for the engine: an action that may have changed the URL
 
 
 def req_authority(ex: Exchange) -> str:

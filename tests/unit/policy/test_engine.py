@@ -315,3 +315,64 @@ def test_one_compiled_policy_serves_many_exchanges_independently() -> None:
     )
     outcomes = [policy.on_http_request(exchange(p)) for p in ["/deny", "/ok", "/deny"]]
     assert outcomes == [Reply(403), None, Reply(403)]
+
+
+# ---- conditions answered from the URL memo ------------------------------------------------------------
+
+
+def _url_policy() -> CompiledPolicy:
+    return compile_policy(
+        {
+            "on_http_request": [
+                deny_rule("req.url.path.startsWith('/admin')", status=401),
+                {
+                    "expressions": ["req.url.path == '/old'"],
+                    "actions": [
+                        {"type": "url-rewrite", "config": {"from": "/old$", "to": "/admin"}},
+                        {"type": "add-headers", "config": {"headers": {"x-rewritten": "yes"}}},
+                    ],
+                },
+                deny_rule("req.url.path == '/admin'", status=410),  # only reachable after the rewrite
+                {
+                    "expressions": ["req.method == 'GET' && req.url.query.contains('tag')"],
+                    "actions": [{"type": "add-headers", "config": {"headers": {"x-tagged": "1"}}}],
+                },
+                deny_rule("'x-block' in req.headers", status=418),  # reads headers: not memoized
+            ]
+        }
+    )
+
+
+def test_url_only_rules_share_one_memo_and_answer_as_before() -> None:
+    policy = _url_policy()
+    memo = policy._request_memo
+    assert memo is not None and len(memo.conditions) == 4  # the header rule is evaluated as before
+    for _ in range(2):  # the second round is answered from the memo
+        assert policy.on_http_request(exchange("/admin/x")) == Reply(401)
+        ex = exchange("/page?tag=a")
+        assert policy.on_http_request(ex) is None
+        assert ("x-tagged", "1") in ex.req.headers
+        assert policy.on_http_request(exchange("/page?tag=a", headers=[("x-block", "1")])) == Reply(418)
+        assert policy.on_http_request(exchange("/page", method="POST")) is None
+    assert len(memo.masks) == 3
+
+
+def test_after_a_url_rewrite_the_rest_of_the_group_is_evaluated_live() -> None:
+    policy = _url_policy()
+    for _ in range(2):
+        ex = exchange("/old")
+        # The memo for "/old" says only the rewrite rule matches; after it, "/admin" must match live.
+        assert policy.on_http_request(ex) == Reply(410)
+        assert ex.req.path == "/admin" and ("x-rewritten", "yes") in ex.req.headers
+
+
+def test_the_url_memo_stays_bounded() -> None:
+    from hatchway.policy import engine
+
+    policy = _url_policy()
+    memo = policy._request_memo
+    assert memo is not None
+    for i in range(engine._MEMO_SIZE + 50):
+        policy.on_http_request(exchange(f"/p{i}"))
+        assert len(memo.masks) <= engine._MEMO_SIZE
+    assert policy.on_http_request(exchange("/admin/again")) == Reply(401)
