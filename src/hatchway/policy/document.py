@@ -10,6 +10,7 @@ Must not: run anything, or stop at the first problem.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,19 @@ class CompiledRule:
 Phases = dict[str, list[CompiledRule]]
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false are booleans, as in ngrok's Go parser.
+    With YAML 1.1's, ``add-headers: {x-flag: yes}`` would send ``true`` and ``on``/``off`` values change."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def load(doc: Mapping[str, Any] | str | bytes | None, where: str = "policy") -> Mapping[str, Any]:
     """The document as a mapping (``None`` and empty text are the empty policy); raises ``PolicyError``."""
     if doc is None:
@@ -50,10 +64,10 @@ def load(doc: Mapping[str, Any] | str | bytes | None, where: str = "policy") -> 
             return {}
         try:
             # JSON is tried first for its clearer errors on JSON documents; YAML reads the rest.
-            parsed = json.loads(doc) if doc.lstrip().startswith("{") else yaml.safe_load(doc)
+            parsed = json.loads(doc) if doc.lstrip().startswith("{") else yaml.load(doc, Loader=_Loader)
         except (ValueError, yaml.YAMLError) as exc:
             try:
-                parsed = yaml.safe_load(doc)
+                parsed = yaml.load(doc, Loader=_Loader)
             except yaml.YAMLError:
                 raise PolicyError([Problem(where, f"is not valid YAML or JSON: {exc}")]) from None
         doc = {} if parsed is None else parsed

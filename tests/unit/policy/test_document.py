@@ -9,7 +9,7 @@ import pytest
 
 from hatchway.policy.document import compile_document, load
 from hatchway.policy.engine import compile_policy
-from hatchway.policy.model import PolicyError
+from hatchway.policy.model import Conn, EndpointInfo, Exchange, HttpRequest, PolicyError
 
 YAML_DOC = """
 on_http_request:
@@ -201,3 +201,22 @@ def test_policy_error_message_lists_every_problem() -> None:
         "on_http_request[0].actions[0].config.status_code: must be between 100 and 999, got 1; "
         "x: unknown field; a policy has phases on_tcp_connect, on_http_request, on_http_response"
     )
+
+
+def test_yaml_booleans_are_true_and_false_only_as_in_ngroks_parser() -> None:
+    """YAML 1.1's yes/no/on/off stay strings (a header value ``yes`` must not become ``true``)."""
+    doc = load("a: yes\nb: No\nc: on\nd: OFF\ne: true\nf: False\ng: 12\nh: ~\n")
+    assert doc == {"a": "yes", "b": "No", "c": "on", "d": "OFF", "e": True, "f": False, "g": 12, "h": None}
+    policy = compile_policy(
+        "on_http_request:\n  - actions:\n      - type: add-headers\n"
+        "        config: {headers: {x-flag: yes}}\n"
+    )
+    ex = Exchange(
+        conn=Conn("198.51.100.7", 40000, "192.0.2.1", 443),
+        endpoint=EndpointInfo("ep_1", "https://app.example.com", "app.example.com", 443, "https"),
+        req=HttpRequest(
+            "GET", "https", "app.example.com", 443, "/", "", "1.1", [("Host", "app.example.com")]
+        ),
+    )
+    assert policy.on_http_request(ex) is None
+    assert ("x-flag", "yes") in ex.req.headers
