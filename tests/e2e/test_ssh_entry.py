@@ -172,8 +172,10 @@ def test_registered_key_and_basic_auth(edge_proc: EdgeProc, echo_app: int, tmp_p
     key = keypair(tmp_path, "id_alice")
     register(edge_proc, key.with_suffix(".pub"))
     cmd = ("http", "--basic-auth", "alice:wonderland42")
-    with ssh(edge_proc, "v2", f"443:localhost:{echo_app}", *cmd, key=key) as client:
+    # -R 0: the edge picks (an https endpoint with a random name), as with -R 443.
+    with ssh(edge_proc, "v2", f"0:localhost:{echo_app}", *cmd, key=key) as client:
         (url,) = client.urls()
+        assert url.startswith("https://") and url.endswith(f".hatchway.localhost:{edge_proc.https_port}")
         denied = curl(edge_proc, url + "/", "-i")
         assert denied.stdout.split(b"\r\n", 1)[0].split()[1] == b"401", denied.stdout[:200]
         ok = curl(edge_proc, url + "/", "-u", "alice:wonderland42", "-o", "/dev/null", "-w", "%{http_code}")

@@ -36,7 +36,6 @@ shared with ngrok still loads and its other endpoints still run.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import math
 import os
@@ -49,7 +48,7 @@ from typing import Any, TypeAlias
 import yaml
 from yaml.constructor import ConstructorError
 
-from hatchway.agent.spec import EndpointSpec
+from hatchway.agent.spec import EndpointSpec, is_cidr
 from hatchway.errors import ConfigError, HatchwayError
 
 FieldPath: TypeAlias = tuple[str | int, ...]
@@ -729,7 +728,7 @@ class _Build:
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 self.err((*path, i), f"must be a string, got {_kind(item)}")
-            elif kind == "cidrs" and not _is_cidr(item):
+            elif kind == "cidrs" and not is_cidr(item):
                 self.err((*path, i), f"not an IPv4 or IPv6 CIDR: {item!r}")
             else:
                 items.append(item)
@@ -898,14 +897,6 @@ def _split_field(field_path: str) -> tuple[str, FieldPath]:
     for name, index in re.findall(r"\.([^.\[\]]+)|\[(\d+)\]", field_path[len(attr) :]):
         rest.append(int(index) if index else name)
     return attr, tuple(rest)
-
-
-def _is_cidr(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def _kind(value: object) -> str:

@@ -258,7 +258,7 @@ class EndpointSpec:
     def _validate_cidrs(self, err: _Report) -> None:
         for key in ("cidr_allow", "cidr_deny"):
             for i, cidr in enumerate(getattr(self, key)):
-                if not _is_cidr(cidr):
+                if not is_cidr(cidr):
                     err(
                         f"{key}[{i}]",
                         f"not an IPv4 or IPv6 CIDR: {cidr!r} (e.g. 192.0.2.0/24 or 2001:db8::/32)",
@@ -456,7 +456,7 @@ def _edge_only_actions(doc: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _is_cidr(text: str) -> bool:
+def is_cidr(text: str) -> bool:
     """What the edge's restrict-ips accepts: a CIDR or a bare address; host bits are allowed (masked)."""
     try:
         ipaddress.ip_network(text.strip(), strict=False)

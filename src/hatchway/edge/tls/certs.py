@@ -6,7 +6,9 @@ For a server name, in order: the endpoint's own certificate (``terminate-tls`` w
 domain, ``*.base`` one level down, ``localhost`` and 127.0.0.1 (the tunnel listener and clients without
 SNI), and any other name gets its own leaf, issued on first use. The endpoint's ``TlsTerms`` (minimum and
 maximum TLS version, client CAs for mutual TLS) are applied on top. One ``SSLContext`` is built per
-(name, certificate, terms) and cached. This module builds ``ssl`` contexts only; it never opens sockets.
+(name, certificate, terms) and cached; the HTTPS accept loop asks ``choose`` with the ClientHello it read,
+before the handshake (``listeners/tls_accept.py``). This module builds ``ssl`` contexts only; it never
+opens sockets.
 """
 
 from __future__ import annotations
@@ -47,14 +49,10 @@ class DevCertStore:
         self.sources: list[CertSource] = []
         # The TLS terms of the endpoint serving a host (``Registry.tls_terms``); None: the defaults.
         self.terms_for: Callable[[str], TlsTerms | None] = lambda host: None
-        self._default.sni_callback = self._on_sni
 
     @property
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem
-
-    def server_context(self) -> ssl.SSLContext:
-        return self._default
 
     def tunnel_context(self) -> ssl.SSLContext:
         """The agent listener's context: no ALPN (the SDKs offer none), same default certificate."""
@@ -115,11 +113,3 @@ class DevCertStore:
     def choose(self, hello: Hello | None) -> ssl.SSLContext:
         """For the HTTPS accept loop, which read the ClientHello before the handshake."""
         return self.context_for(hello.server_name if hello is not None else None)
-
-    def _on_sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
-        # Only reached when the context was not chosen from the ClientHello (a TLS server built directly
-        # on ``server_context()``): the certificate can still be switched here, the terms cannot.
-        ctx = self.context_for(name)
-        if ctx is not self._default:
-            sock.context = ctx
-        return None
