@@ -47,14 +47,56 @@ def origin_form(target: bytes) -> bytes:
     return target[path_start:] if path_start >= 0 else b"/"
 
 
+# Request header names that make ``upstream_head`` drop, merge or replace something.
+_NOT_AS_IS = hh.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+
+
 def upstream_head(ep: Endpoint, req: Request) -> tuple[bytes, bytes]:
     """The request head for the Proxy stream and the Host it carries (for the Location rewrite).
+
+    Most requests pass every header on as it came and only get ours appended: that is written straight
+    out here (it runs per request); anything else takes ``general_upstream_head``. Both give the same
+    bytes.
+    """
+    names = req.lower or [k.lower() for k, _ in req.headers]
+    if (
+        not req.connection
+        and req.connection is not None
+        and not req.upgrade
+        and not req.chunked
+        and not ep.request_remove
+        and not ep.rewrite_host
+        and not ep.request_add
+        and _NOT_AS_IS.isdisjoint(names)
+    ):
+        sent_host = req.headers[names.index(b"host")][1] if b"host" in names else b""
+        if sent_host or names.count(b"host") < 2:  # else X-Forwarded-Host is a later, non-empty Host
+            parts = [req.method, b" ", origin_form(req.target), b" HTTP/1.1\r\n"]
+            for k, v in req.headers:
+                parts += (k, b": ", v, b"\r\n")
+            parts += (
+                b"X-Forwarded-For: ",
+                req.client_ip.encode(),
+                b"\r\nX-Forwarded-Proto: ",
+                req.scheme.encode(),
+                b"\r\nX-Forwarded-Host: ",
+                sent_host or req.host.encode(),
+                b"\r\n\r\n",
+            )
+            return b"".join(parts), sent_host
+    return general_upstream_head(ep, req, names)
+
+
+def general_upstream_head(
+    ep: Endpoint, req: Request, names: list[bytes] | None = None
+) -> tuple[bytes, bytes]:
+    """``upstream_head`` for any request.
 
     One pass over the client's headers: hop-by-hop ones (and those named in Connection) and the
     endpoint's removals are dropped, earlier ``X-Forwarded-For/Proto`` values are gathered so ours can be
     appended (ngrok appends; apps read the last value), and a client's ``X-Forwarded-Host`` is kept.
     """
-    names = req.lower or [k.lower() for k, _ in req.headers]
+    names = names or req.lower or [k.lower() for k, _ in req.headers]
     tokens = req.connection if req.connection is not None else hh.connection_tokens(req.headers)
     named = tokens - {b"upgrade", b"close", b"keep-alive"}
     removed = ep.request_remove

@@ -165,6 +165,8 @@ class Registry:
         # random name derived from it survives reconnects and (with a persistent key) edge restarts.
         self._key = key if key is not None else secrets.token_bytes(32)
         self.endpoints: dict[tuple[str, str], list[Endpoint]] = {}
+        # Bumped whenever ``endpoints`` changes: a listener may keep a connection's route until then.
+        self.generation = 0
         self.tcp = tcp  # None: TCP binds are refused
         # Told of each host an HTTP endpoint comes online for (the ACME manager gets it a certificate).
         self.on_bound: Callable[[str], None] | None = None
@@ -265,6 +267,7 @@ class Registry:
             if policy.needs_request_body or policy.has_response_phase or policy.has_tcp_phase:
                 ep.fast_add = None
         self.endpoints[key] = [*current, ep]
+        self.generation += 1
         if self.on_bound is not None:
             self.on_bound(host)
         return self._online(bind, url, tunnel_id, account)
@@ -361,6 +364,9 @@ class Registry:
                 for e in eps:
                     if match(e):
                         logger.info("endpoint offline %s (tunnel %s)", e.url, e.tunnel_id)
+            if len(keep) == len(eps):
+                continue
+            self.generation += 1
             if keep:
                 self.endpoints[key] = keep
             else:
@@ -375,21 +381,31 @@ class Registry:
                 logger.info("endpoint offline %s (tunnel %s)", ep.url, tunnel_id)
 
     # ---- routing ------------------------------------------------------------------------------------------
-    def route(self, scheme: str, host: str) -> Endpoint | None:
-        """The most specific online endpoint for ``host``: exact, then ``*.parent`` walking up."""
-        host = host.lower()
+    def _candidates(self, scheme: str, host: str) -> list[Endpoint] | None:
+        """The endpoints bound for the most specific name matching ``host``."""
         eps = self.endpoints.get((scheme, host))
         if eps is None:
             for key in domains.route_keys(host)[1:]:
                 eps = self.endpoints.get((scheme, key))
                 if eps is not None:
                     break
+        return eps
+
+    def route(self, scheme: str, host: str) -> Endpoint | None:
+        """The most specific online endpoint for ``host``: exact, then ``*.parent`` walking up."""
+        eps = self._candidates(scheme, host.lower())
         if not eps:
             return None
         live = [e for e in eps if e.online]
         if not live:
             return None
         return live[0] if len(live) == 1 else random.choice(live)
+
+    def single(self, scheme: str, host: str) -> bool:
+        """``route`` gives the same endpoint for ``host`` until ``generation`` changes (one is bound,
+        not a pool chosen from at random)."""
+        eps = self._candidates(scheme, host.lower())
+        return eps is not None and len(eps) == 1
 
     def tls_terms(self, host: str) -> TlsTerms | None:
         """The TLS terms of the https endpoint serving ``host`` (the SNI name), if it set any."""

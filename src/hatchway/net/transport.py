@@ -169,15 +169,19 @@ class MuxStream:
         self._sink = sink
         self._sink_end = on_end if sink is not None else None
 
+    @property
+    def has_sink(self) -> bool:
+        return self._sink is not None
+
     def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Queue what fits in the send window now, without waiting; returns the bytes taken. Callers must
         not mix it with a ``write()`` still waiting on the same stream (order would break)."""
         if self._closed_error is not None:
             raise self._closed_error
-        session = self._conn.session
-        if not session.is_open(self.id):
-            raise StreamResetError(f"stream {self.id} is closed", ErrorCode.STREAM_CLOSED)
-        sent = session.send_data(self.id, data)
+        try:
+            sent = self._conn.session.send_data(self.id, data)
+        except LocalProtocolError:
+            raise StreamResetError(f"stream {self.id} is closed", ErrorCode.STREAM_CLOSED) from None
         if sent:
             self._conn._schedule_flush()
         return sent
@@ -332,7 +336,10 @@ class MuxConnection(asyncio.Protocol):
                 self._flush()
                 if self._transport is not None:
                     self._transport.close()
-        self._schedule_flush()
+        if self.session.bytes_to_send:
+            # The session answered something itself (an RST, a WNDINC, a GOAWAY); what the streams wrote
+            # from their callbacks scheduled its own flush.
+            self._schedule_flush()
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; a muxado session cannot be half-open
@@ -385,9 +392,7 @@ class MuxConnection(asyncio.Protocol):
         await w
 
     def _consumed(self, stream_id: int, n: int) -> None:
-        before = self.session.bytes_to_send
-        self.session.consumed(stream_id, n)
-        if self.session.bytes_to_send != before:
+        if self.session.consumed(stream_id, n):
             self._schedule_flush()
 
     def _forget(self, stream_id: int) -> None:

@@ -38,6 +38,9 @@ class FrameType(enum.IntEnum):
 FLAG_FIN = 0x1
 FLAG_SYN = 0x2
 
+# The frame types as plain ints for the decoder's hot path (reading an enum member costs more).
+_RST, _DATA, _WNDINC, _GOAWAY = 0, 1, 2, 3
+
 
 class ErrorCode(enum.IntEnum):
     """muxado's error codes, carried by RST and GOAWAY (protocol.md §2.2)."""
@@ -60,7 +63,9 @@ class ErrorCode(enum.IntEnum):
     PEER_EOF = 15
 
 
-@dataclass(frozen=True, slots=True)
+# Frames and events are made per DATA frame on the hot path: plain slotted classes (a frozen dataclass
+# costs three times as much to build). Nothing mutates them after decoding.
+@dataclass(slots=True)
 class Data:
     stream_id: int
     data: bytes
@@ -68,19 +73,19 @@ class Data:
     syn: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rst:
     stream_id: int
     code: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WndInc:
     stream_id: int
     increment: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAway:
     last_stream_id: int
     code: int
@@ -139,7 +144,10 @@ class FrameDecoder:
     __slots__ = ("_buf", "_pos", "finished")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        # What was fed and not decoded yet, from ``_pos``: the caller's own bytes while they are being
+        # decoded (no copy for input that holds whole frames, the common case), a bytearray once a frame
+        # is split across feeds.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self.finished = False
 
@@ -150,11 +158,20 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self.finished:
             return
-        if self._pos:
-            # Compact lazily: only once per feed, so a burst of small frames costs one memmove.
-            del self._buf[: self._pos]
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        self._buf += data
+            return
+        if isinstance(buf, bytearray):
+            if pos:
+                # Compact lazily: only once per feed, so a burst of small frames costs one memmove.
+                del buf[:pos]
+        else:
+            buf = bytearray(memoryview(buf)[pos:])
+        buf += data
+        self._buf = buf
+        self._pos = 0
 
     def next_frame(self) -> Frame | None:
         if self.finished:
@@ -168,21 +185,20 @@ class FrameDecoder:
         ftype = (word0 >> 4) & 0xF
         flags = word0 & 0xF
         stream_id = word1 & MAX_STREAM_ID
-        if ftype == FrameType.DATA:
+        if ftype == _DATA:
             end = pos + HEADER_SIZE + length
             if len(buf) < end:
                 return None
             if stream_id == 0:
                 raise RemoteProtocolError("DATA frame on stream 0", ErrorCode.PROTOCOL)
             self._pos = end
-            return Data(
-                stream_id,
-                # One copy (a bytearray slice then bytes() would copy twice); the view is released at once.
-                bytes(memoryview(buf)[pos + HEADER_SIZE : end]),
-                bool(flags & FLAG_FIN),
-                bool(flags & FLAG_SYN),
-            )
-        if ftype == FrameType.RST or ftype == FrameType.WNDINC:
+            # One copy either way (a bytearray slice then bytes() would copy twice).
+            if type(buf) is bytes:
+                payload = buf[pos + HEADER_SIZE : end]
+            else:
+                payload = bytes(memoryview(buf)[pos + HEADER_SIZE : end])
+            return Data(stream_id, payload, bool(flags & FLAG_FIN), bool(flags & FLAG_SYN))
+        if ftype in (_RST, _WNDINC):
             if length != 4:
                 raise RemoteProtocolError(
                     f"{FrameType(ftype).name} frame with length {length}", ErrorCode.FRAME_SIZE
@@ -193,10 +209,10 @@ class FrameDecoder:
                 raise RemoteProtocolError(f"{FrameType(ftype).name} frame on stream 0", ErrorCode.PROTOCOL)
             (value,) = U32.unpack_from(buf, pos + HEADER_SIZE)
             self._pos = pos + HEADER_SIZE + 4
-            if ftype == FrameType.RST:
+            if ftype == _RST:
                 return Rst(stream_id, value)
             return WndInc(stream_id, value & MAX_WINDOW_INCREMENT)
-        if ftype == FrameType.GOAWAY:
+        if ftype == _GOAWAY:
             if stream_id != 0:
                 raise RemoteProtocolError("GOAWAY frame on a stream", ErrorCode.PROTOCOL)
             # A correct LENGTH is >= 8. A shorter one is Rust's variant that left out the fixed 8 bytes:
@@ -207,7 +223,7 @@ class FrameDecoder:
             last_id, code = GOAWAY_FIXED.unpack_from(buf, pos + HEADER_SIZE)
             message = bytes(buf[pos + HEADER_SIZE + 8 : pos + HEADER_SIZE + body_len])
             self.finished = True
-            self._buf = bytearray()
+            self._buf = b""
             self._pos = 0
             return GoAway(last_id & MAX_STREAM_ID, code, message)
         raise RemoteProtocolError("invalid frame", ErrorCode.PROTOCOL)

@@ -17,6 +17,7 @@ from hatchway.errors import LocalProtocolError, RemoteProtocolError
 from hatchway.wire.frames import (
     FLAG_FIN,
     FLAG_SYN,
+    HEADER,
     MAX_WINDOW_INCREMENT,
     Data,
     ErrorCode,
@@ -34,30 +35,31 @@ from hatchway.wire.frames import (
 DEFAULT_WINDOW = 256 * 1024  # never negotiated: both Go and Rust assume 256 KiB (protocol.md §2.4)
 DEFAULT_MAX_FRAME = 64 * 1024  # performance.md: frames up to 64 KiB keep TLS records full and latency low
 DEFAULT_MAX_STREAMS = 1024
+_DATA_BITS = FrameType.DATA << 4  # a DATA frame header's type nibble, no flags
 
 
-# ---- events --------
-@dataclass(frozen=True, slots=True)
+# ---- events -------- (plain slotted classes, as the frames: built per frame, never changed)
+@dataclass(slots=True)
 class StreamOpened:
     """The peer opened ``stream_id`` (DATA with SYN). Its first bytes follow as ``DataReceived``."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataReceived:
     stream_id: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamEnded:
     """The peer half-closed ``stream_id`` (FIN): no more data will arrive on it."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamReset:
     """The stream is gone in both directions. ``remote`` is False when we reset it for a peer fault."""
 
@@ -66,7 +68,7 @@ class StreamReset:
     remote: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowUpdated:
     """The send window of ``stream_id`` grew: a writer blocked on it may continue."""
 
@@ -74,14 +76,14 @@ class WindowUpdated:
     window: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAwayReceived:
     last_stream_id: int
     code: int
     message: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionTerminated:
     """We found a fatal fault in the peer's bytes; a GOAWAY with ``code`` is queued to tell it."""
 
@@ -198,6 +200,14 @@ class MuxSession:
         if st is None or st.local_fin:
             raise LocalProtocolError(f"stream {stream_id} is not open for sending", ErrorCode.STREAM_CLOSED)
         total = len(data)
+        if not fin and 0 < total <= st.send_window and total <= self.max_frame:
+            # The commonest call (a request or response head, a small body): one whole frame, whose
+            # header needs no range check (the length is under max_frame, the stream id is ours).
+            out = self._out
+            out += HEADER.pack(total << 8 | _DATA_BITS, stream_id)
+            out += data
+            st.send_window -= total
+            return total
         n = min(total, st.send_window)
         view = memoryview(data)
         max_frame = self.max_frame
@@ -228,16 +238,19 @@ class MuxSession:
         if self._streams.pop(stream_id, None) is not None and not self.terminated:
             self._emit(encode_rst(stream_id, code))
 
-    def consumed(self, stream_id: int, n: int) -> None:
-        """The application has read ``n`` bytes of ``stream_id``: give the window back to the peer."""
+    def consumed(self, stream_id: int, n: int) -> bool:
+        """The application has read ``n`` bytes of ``stream_id``: give the window back to the peer.
+        True when that queued a WNDINC (the driver then has something to send)."""
         st = self._streams.get(stream_id)
         if st is None or st.remote_fin or n <= 0:
-            return
+            return False
         st.recv_unacked += n
-        if st.recv_unacked >= self._ack_threshold:
-            self._emit(encode_wndinc(stream_id, st.recv_unacked))
-            st.recv_window += st.recv_unacked
-            st.recv_unacked = 0
+        if st.recv_unacked < self._ack_threshold:
+            return False
+        self._emit(encode_wndinc(stream_id, st.recv_unacked))
+        st.recv_window += st.recv_unacked
+        st.recv_unacked = 0
+        return True
 
     def go_away(self, code: int = ErrorCode.NONE, message: bytes = b"") -> None:
         """Tell the peer we take no new streams; existing streams may finish."""

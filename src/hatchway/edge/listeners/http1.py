@@ -61,6 +61,16 @@ BODY_HIGH_WATER = 1 << 20  # pause reading a client whose body is not being cons
 
 # Request headers the listener reads for its own decisions (first value kept).
 _NOTED = frozenset({b"host", b"transfer-encoding", b"content-length", b"connection"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+def _host_name(host_value: bytes) -> str:
+    """The host of a Host header value: port cut off, IPv6 brackets removed, lowercased."""
+    host = host_value.decode("latin-1")
+    if host.startswith("["):  # an IPv6 literal, maybe with a port after the bracket
+        end = host.find("]")
+        return (host[1:end] if end > 0 else host[1:]).lower()
+    return host.rsplit(":", 1)[0].lower()
 
 
 class ClientGone(Exception):
@@ -177,11 +187,18 @@ class Http1Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: collections.deque[tuple[Request, Body, _Fast | None]] = collections.deque()
         self._current: tuple[Request, Body] | None = None
-        self._url = bytearray()
+        self._url = b""
         self._headers: hh.Headers = []
         self._lower: list[bytes] = []
         self._noted: dict[bytes, bytes] = {}
-        self._connection: set[bytes] = set()
+        self._connection: set[bytes] | None = None  # made when a Connection header comes
+        # The last Host value and what it parsed to: keep-alive clients send the same one every time.
+        self._host_raw: bytes | None = None
+        self._host = ""
+        # The route of the last host, valid while the registry's generation stays the same.
+        self._route_host = ""
+        self._route_gen = -1
+        self._route_ep: Endpoint | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[None] | None = None  # resolved when a request arrives
         self._busy: asyncio.Future[None] | None = None  # resolved when the current exchange ends
@@ -260,11 +277,11 @@ class Http1Connection(asyncio.Protocol):
 
     # ---- httptools callbacks -------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._url = bytearray()
+        self._url = b""
         self._headers = []
         self._lower = []
         self._noted = {}  # first value of the few headers the edge reads itself
-        self._connection = set()
+        self._connection = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -276,44 +293,50 @@ class Http1Connection(asyncio.Protocol):
         if lname in _NOTED:
             self._noted.setdefault(lname, value)
             if lname == b"connection":
+                if self._connection is None:
+                    self._connection = set()
                 self._connection.update(t.strip().lower() for t in value.split(b",") if t.strip())
 
     def on_headers_complete(self) -> None:
         p = self._parser
         noted = self._noted
         host_value = noted.get(b"host", b"")
-        host = (
-            host_value.decode("latin-1").rsplit(":", 1)[0] if b"]" not in host_value else host_value.decode()
-        )
+        if host_value == self._host_raw:
+            host = self._host
+        else:
+            host = _host_name(host_value)
+            self._host_raw, self._host = host_value, host
         te = noted.get(b"transfer-encoding")
+        # Positional: this runs per request and keyword arguments cost twice as much here.
         req = Request(
-            method=p.get_method(),
-            target=bytes(self._url),
-            headers=self._headers,
-            version=p.get_http_version(),
-            host=host.strip("[]").lower(),
-            client_ip=self.client_ip,
-            client_port=self.client_port,
-            scheme=self.scheme,
-            keep_alive=p.should_keep_alive(),
-            upgrade=p.should_upgrade(),
-            chunked=te is not None and b"chunked" in te.lower(),
-            has_body=te is not None or noted.get(b"content-length", b"0").strip() not in (b"0", b""),
-            lower=self._lower,
-            connection=frozenset(self._connection),
+            p.get_method(),
+            self._url,
+            self._headers,
+            p.get_http_version(),
+            host,
+            self.client_ip,
+            self.client_port,
+            self.scheme,
+            p.should_keep_alive(),
+            p.should_upgrade(),
+            te is not None and b"chunked" in te.lower(),  # chunked
+            te is not None or noted.get(b"content-length", b"0").strip() not in (b"0", b""),  # has_body
+            self._lower,
+            frozenset(self._connection) if self._connection else _NO_TOKENS,
         )
         # ACME HTTP-01 validation of a token the edge published: answered by the edge, before routing.
         acme = self._acme is not None and self._url.startswith(ACME_CHALLENGE) and self._acme_reply(req)
         if (
-            not acme
-            and not req.has_body
-            and not req.upgrade
-            and req.method != b"HEAD"  # its response announces a length it never sends
-            and req.keep_alive
-            and req.version == "1.1"
+            self._stream is not None  # the fast path only reuses an open Proxy stream
             and self._fast is None
+            and not req.has_body
+            and req.keep_alive
+            and not req.upgrade
+            and req.version == "1.1"
+            and req.method != b"HEAD"  # its response announces a length it never sends
             and not self._queue
-            and not self.busy
+            and (self._busy is None or self._busy.done())  # with the two above: not ``self.busy``
+            and not acme
             and self._fast_start(req)
         ):
             return
@@ -352,12 +375,23 @@ class Http1Connection(asyncio.Protocol):
             self._current = None
 
     # ---- the fast path (see the module docstring) ------------------------------------------------------
+    def _route(self, host: str) -> Endpoint | None:
+        """``registry.route`` for this connection's host, remembered while the registry is unchanged
+        (only for a host with a single endpoint: a pool picks one at random per request)."""
+        registry = self.registry
+        if host == self._route_host and registry.generation == self._route_gen:
+            return self._route_ep
+        ep = registry.route(self.scheme, host)
+        if ep is not None and registry.single(self.scheme, host):
+            self._route_host, self._route_gen, self._route_ep = host, registry.generation, ep
+        return ep
+
     def _fast_start(self, req: Request) -> bool:
         """Send a bodyless request on the open Proxy stream from this callback; False: use the queue."""
         st = self._stream
         if st is None or not req.host:
             return False
-        ep = self.registry.route(self.scheme, req.host)
+        ep = self._route(req.host)
         if ep is None or ep is not self._stream_ep or ep.fast_add is None or st.at_eof():
             return False
         conn = ep.session.conn
@@ -386,7 +420,10 @@ class Http1Connection(asyncio.Protocol):
         except (SessionClosedError, StreamResetError):
             return False
         self._fast = _Fast(req, ep, st, sent_host, run)
-        st.set_sink(self._fast_data, self._fast_end)
+        if not st.has_sink:
+            # Set once per stream: while no fast exchange is in flight it declines everything, which
+            # then waits for ``read()`` as if there were no sink.
+            st.set_sink(self._fast_data, self._fast_end)
         return True
 
     def _fast_data(self, data: bytes) -> bool:
@@ -462,7 +499,6 @@ class Http1Connection(asyncio.Protocol):
 
     def _fast_done(self, fast: _Fast) -> None:
         self._fast = None
-        fast.stream.set_sink(None)
         if fast.waiter is not None and not fast.waiter.done():
             fast.waiter.set_result(None)
         if self._queue:
