@@ -406,11 +406,24 @@ def host_override_script(work: Path, url: str) -> tuple[str, list[str]]:
     return f"{scheme}://{HOST}:{hostport.rsplit(':', 1)[1]}", ["-s", str(script)]
 
 
-def run_wrk(bench: Bench, target: str, url: str, args: argparse.Namespace, duration: float) -> Sample:
+def run_wrk(
+    bench: Bench, target: str, url: str, args: argparse.Namespace, duration: float, vary: bool = False
+) -> Sample:
+    """One wrk run; ``vary``: each request gets its own query string (``?n=1``, ``?n=2``...)."""
     extra: list[str] = []
     if not bench.hosts_ok and target.startswith("hatchway"):
         base, extra = host_override_script(bench.work, url)
         url = base + "/" + url.split("/", 3)[3]
+    if vary:
+        script = Path(extra[1]).read_text() if extra else ""
+        path = "/" + url.split("/", 3)[3]
+        lua = bench.work / f"vary-{len(script)}-{abs(hash(script + path))}.lua"
+        counter = (
+            "local n = 0\nrequest = function()\n  n = n + 1\n"
+            f'  return wrk.format(nil, "{path}?n=" .. n)\nend\n'
+        )
+        lua.write_text(script + counter)
+        extra = ["-s", str(lua)]
     cmd = [
         "wrk",
         "-t1",

@@ -70,6 +70,8 @@ class _Handler(socketserver.BaseRequestHandler):
             head, _, buf = buf.partition(b"\r\n\r\n")
             method, path = head.split(b" ", 2)[:2]
             out, close = _script(path.decode())
+            if path.startswith(b"/echo"):  # the request head as the edge sent it, as the body
+                out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(head) + head
             if method == b"HEAD":
                 out = out.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
             sock.sendall(out)
@@ -104,11 +106,11 @@ class Client:
         self.methods: list[str] = []
         self.leftover = b""
 
-    def send(self, *paths: str, method: str = "GET") -> None:
-        """Write the requests in one go (pipelined when several)."""
+    def send(self, *paths: str, method: str = "GET", extra: str = "") -> None:
+        """Write the requests in one go (pipelined when several); ``extra``: more header lines."""
         raw = b""
         for path in paths:
-            raw += f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+            raw += f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{extra}\r\n".encode()
         self.sock.sendall(raw)
         self.methods.extend([method] * len(paths))
 
@@ -139,8 +141,10 @@ class Client:
                 self.leftover = conn.trailing_data[0]
                 return status, headers, bytes(body), interim
 
-    def get(self, path: str, method: str = "GET") -> tuple[int, dict[bytes, bytes], bytes, list[int]]:
-        self.send(path, method=method)
+    def get(
+        self, path: str, method: str = "GET", extra: str = ""
+    ) -> tuple[int, dict[bytes, bytes], bytes, list[int]]:
+        self.send(path, method=method, extra=extra)
         return self.receive()
 
     def close(self) -> None:
@@ -258,5 +262,33 @@ def test_request_rules_run_once_per_request_on_either_path(
         _expect_len(c.get("/len/4"), 4)  # the 5th counted (the denied one is not: deny comes first)
         status, headers, _, _ = c.get("/len/5")
         assert status == 429 and int(headers[b"retry-after"]) > 0
+    finally:
+        c.close()
+
+
+def test_a_static_policy_answers_each_request_by_its_rules(
+    edge_proc: EdgeProc, agents: Agents, upstream: int, tmp_path: Path
+) -> None:
+    """A request phase that depends on the request alone is replayed from memory for a repeated request
+    (``policy_run.remembered``); interleaved requests must still each get what their rules say."""
+    policy = tmp_path / "policy.yml"
+    policy.write_text(
+        "on_http_request:\n"
+        "  - expressions: [\"'x-debug' in req.headers\"]\n"
+        "    actions: [{type: custom-response, config: {status_code: 418, body: debug}}]\n"
+        "  - expressions: [\"req.url.path.startsWith('/echo/tagged')\"]\n"
+        "    actions: [{type: add-headers, config: {headers: {x-tag: tagged}}}]\n"
+        "  - actions: [{type: add-headers, config: {headers: {x-policy: seen}}}]\n"
+    )
+    agent = agents.start("http", str(upstream), "--scheme", "http", "--traffic-policy-file", str(policy))
+    c = Client(edge_proc, agent.host)
+    try:
+        for _ in range(3):  # the first round fills the memo (on the general path, then the fast one)
+            status, _, body, _ = c.get("/echo/plain")
+            assert status == 200 and body.count(b"x-policy: seen") == 1 and b"x-tag" not in body
+            status, _, body, _ = c.get("/echo/tagged")
+            assert status == 200 and body.count(b"x-tag: tagged") == 1 and body.count(b"x-policy") == 1
+            status, _, body, _ = c.get("/echo/plain", extra="X-Debug: 1\r\n")
+            assert (status, body) == (418, b"debug")
     finally:
         c.close()

@@ -188,6 +188,7 @@ class PolicyRun:
         "closes_connection",
         "encoder",
         "ex",
+        "outcome",
         "policy",
     )
 
@@ -200,6 +201,9 @@ class PolicyRun:
         self.encoder: Encoder | None = None
         self.closes_connection = False  # on_tcp_connect denied: close without an HTTP answer
         self._completed = False
+        # After ``request`` without a reply: what it did to the head when that was only appending
+        # headers (encoded, with their lower-case names; empty: nothing at all), else None.
+        self.outcome: Outcome | None = None
         entry = _ENDPOINTS.get(id(ep))
         if entry is not None and entry[0]() is ep and entry[1].url is ep.url:
             endpoint = entry[1]
@@ -310,6 +314,7 @@ class PolicyRun:
             ):
                 added = current[n:]
         if not (url_changed or headers_changed):
+            self.outcome = _NOTHING
             return None
         # Method and target as the actions left them (skipped when that gives the bytes already there).
         if _METHODS.get(req.method) is not r.method:
@@ -326,21 +331,25 @@ class PolicyRun:
                 name, value, lname = (_ENCODED.get(header) if keep else None) or _encoded(header, keep)
                 new.append((name, value))
                 lower.append(lname)
-            n = len(req.headers)
-            headers = req.headers + new
-            if len(req.lower) == n:
-                req.lower = req.lower + lower
-            elif req.lower:
-                req.lower = [k.lower() for k, _ in headers]
-            if b"connection" in lower:
-                req.connection = frozenset(hh.connection_tokens(headers))
-            req.headers = headers
+            append_encoded(req, new, lower)
+            if not url_changed and r.host == req.host and self._target_path is not None:
+                # (A target that was not origin-form is written back as such above: not replayed.)
+                self.outcome = (tuple(new), tuple(lower))
         elif headers_changed or (url_changed and req.headers is not wire[_RAW]):
             self._set_headers(req, [(_raw(k), _raw(v)) for k, v in r.headers])
         if r.host != req.host:
             self._set_headers(req, hh.set_host(req.headers, _raw(r.host)))
             req.host = r.host
         return None
+
+    def remember(self, ep: Endpoint, key: OutcomeKey) -> None:
+        """Keep the request phase's outcome for ``key`` (see ``remembered``), if it can be replayed."""
+        memo = ep.request_outcomes
+        if memo is None or self.outcome is None or self.ex.on_complete or self.ex.logs:
+            return
+        if len(memo) >= _OUTCOMES:
+            memo.clear()
+        memo[key] = self.outcome
 
     @staticmethod
     def _set_headers(req: Request, headers: hh.Headers) -> None:
@@ -403,6 +412,47 @@ class PolicyRun:
                 status,
                 json.dumps(entry, default=str, sort_keys=True),
             )
+
+
+# ---- the request phase from a memo ----------------------------------------------------------------------
+# A "static" request phase (``CompiledPolicy.static_request``: conditions that read only the request line,
+# Host and headers; actions that answer, or append fixed headers) gives the same outcome for the same
+# request. When it does not answer, that outcome is remembered per endpoint and replayed without building
+# an exchange: a few dict operations instead of every rule. Answers are not remembered (they run in full).
+
+Outcome = tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]  # headers appended, their lower names
+OutcomeKey = tuple[bytes, str, bytes, tuple[tuple[bytes, bytes], ...]]
+_NOTHING: Outcome = ((), ())
+_OUTCOMES = 1024  # per endpoint; cleared when full, as the engine's URL memo
+
+
+def outcome_key(req: Request) -> OutcomeKey:
+    """What a static request phase reads (the scheme and port are the endpoint's own)."""
+    return (req.method, req.host, req.target, tuple(req.headers))
+
+
+def remembered(ep: Endpoint, key: OutcomeKey, req: Request) -> bool:
+    """Apply the remembered outcome of the request phase for ``key`` to ``req``; False: none yet."""
+    memo = ep.request_outcomes
+    found = memo.get(key) if memo is not None else None
+    if found is None:
+        return False
+    if found[0]:
+        append_encoded(req, list(found[0]), list(found[1]))
+    return True
+
+
+def append_encoded(req: Request, new: hh.Headers, lower: list[bytes]) -> None:
+    """Append ready header lines (and their lower-case names) to the listener's request head."""
+    n = len(req.headers)
+    headers = req.headers + new
+    if len(req.lower) == n:
+        req.lower = req.lower + lower
+    elif req.lower:
+        req.lower = [k.lower() for k, _ in headers]
+    if b"connection" in lower:
+        req.connection = frozenset(hh.connection_tokens(headers))
+    req.headers = headers
 
 
 def tls_info(transport: asyncio.BaseTransport | None) -> TlsInfo | None:

@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from hatchway.edge import domains, modules
 from hatchway.edge.tcp import NOT_SERVED, TcpRefused
@@ -65,6 +65,8 @@ class Endpoint:
     fast_pattern: re.Pattern[bytes] = field(default_factory=general_path_pattern)
     fast_add: bytes | None = b""
     policy: CompiledPolicy | None = None  # modules and Traffic Policy (``edge/modules.py``); None: none
+    # Outcomes of a static request phase by request (``policy_run.remembered``); None: not static.
+    request_outcomes: dict[Any, Any] | None = None
     ws_tcp: bool = False  # the WebSocket-TCP converter: WebSocket clients, a raw TCP upstream
     tls: TlsTerms | None = None  # terminate-tls: applied by SNI at the handshake (``tls/certs.py``)
 
@@ -263,6 +265,8 @@ class Registry:
             policy = None  # only terminate-tls: nothing to run per request
         if policy is not None:
             ep.policy = policy
+            if policy.static_request:
+                ep.request_outcomes = {}
             # The fast path runs request-phase rules only (no body to read, no response head to change).
             if policy.needs_request_body or policy.has_response_phase or policy.has_tcp_phase:
                 ep.fast_add = None

@@ -145,6 +145,22 @@ def _run(rules: Sequence[_Rule], ex: Exchange, memo: _UrlMemo | None) -> Reply |
     return None
 
 
+# What a "static" request-phase condition may read: the answer is then the same for the same request
+# line, Host and headers.
+_STATIC_VARS = _URL_VARS | {"req.headers"}
+
+
+def _static_request(rules: Sequence[CompiledRule]) -> bool:
+    """Whether the request phase is a pure function of the request line, Host and headers: every
+    condition reads only those, and every action either always answers or only appends fixed request
+    headers (``static`` on its class). Such a phase may be answered from a memo (``edge/policy_run``)."""
+    return bool(rules) and all(
+        all(c.reads_only(_STATIC_VARS) for c in r.conditions)
+        and all(getattr(a, "static", False) for a in r.actions)
+        for r in rules
+    )
+
+
 class CompiledPolicy:
     """A policy ready to run; immutable and shared by every exchange of its endpoint."""
 
@@ -161,6 +177,7 @@ class CompiledPolicy:
         "has_tcp_phase",
         "needs_request_body",
         "rules",
+        "static_request",
         "tls",
     )
 
@@ -176,6 +193,9 @@ class CompiledPolicy:
         self.has_response_phase = bool(self._response)
         self.empty = not (self._tcp or self._request or self._response)
         self.needs_request_body = any(a.needs_body for r in self.rules["on_http_request"] for a in r.actions)
+        self.static_request = (
+            not self._tcp and not self._response and _static_request(self.rules["on_http_request"])
+        )
 
     def on_tcp_connect(self, ex: Exchange) -> Reply | None:
         """Run ``on_tcp_connect``; a Reply means close the connection (deny)."""

@@ -29,7 +29,14 @@ from typing import Literal, cast
 import httptools
 
 from hatchway.edge import errors
-from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info
+from hatchway.edge.policy_run import (
+    MAX_POLICY_BODY,
+    PolicyRun,
+    outcome_key,
+    remembered,
+    reply_bytes,
+    tls_info,
+)
 from hatchway.edge.proxy import Request, client_head, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
@@ -399,9 +406,15 @@ class Http1Connection(asyncio.Protocol):
             return False
         run: PolicyRun | None = None
         if ep.policy is not None:
-            # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well.
-            run = PolicyRun(ep, ep.policy, req, self._tls())
-            reply = run.answer(req, b"")
+            # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well,
+            # or their outcome for this very request is replayed (``policy_run.remembered``).
+            key = outcome_key(req) if ep.request_outcomes is not None else None
+            reply = None
+            if key is None or not remembered(ep, key, req):
+                run = PolicyRun(ep, ep.policy, req, self._tls())
+                reply = run.answer(req, b"")
+                if key is not None and reply is None:
+                    run.remember(ep, key)
             if reply is not None:
                 accept = hh.get(req.headers, b"accept")
                 try:
@@ -412,8 +425,9 @@ class Http1Connection(asyncio.Protocol):
         head, sent_host = upstream_head(ep, req)
         # The whole head must fit the window now, or order could break against a later write.
         if conn.session.send_window(st.id) < len(head):
-            if run is not None:
-                req.extra["policy_run"] = run  # the general path must not run the rules a second time
+            if ep.policy is not None:
+                # The general path must not run the rules a second time (True: they were replayed).
+                req.extra["policy_run"] = run if run is not None else True
             return False
         try:
             st.write_nowait(head)
@@ -646,14 +660,22 @@ class Http1Connection(asyncio.Protocol):
         await self._drain()
         return not close
 
-    async def _policy_request(self, ep: Endpoint, req: Request, body: Body) -> tuple[PolicyRun, Reply | None]:
-        """Run the endpoint's connect and request phases (reading a bounded body first if asked)."""
+    async def _policy_request(
+        self, ep: Endpoint, req: Request, body: Body
+    ) -> tuple[PolicyRun | None, Reply | None]:
+        """Run the endpoint's connect and request phases (reading a bounded body first if asked); no run
+        when a static request phase's outcome was replayed (``policy_run.remembered``)."""
         assert ep.policy is not None
+        key = outcome_key(req) if ep.request_outcomes is not None else None
+        if key is not None and remembered(ep, key, req):
+            return None, None
         run = PolicyRun(ep, ep.policy, req, self._tls())
         reply = run.tcp_connect()
         if reply is None:
             data = await body.peek_all(MAX_POLICY_BODY) if run.needs_body and req.has_body else b""
             reply = run.answer(req, data)
+            if key is not None and reply is None:
+                run.remember(ep, key)
         return run, reply
 
     async def _exchange(self, req: Request, body: Body, resume: _Fast | None = None) -> bool:
@@ -684,12 +706,12 @@ class Http1Connection(asyncio.Protocol):
         run: PolicyRun | None = None
         if ep.policy is not None:
             prior = req.extra.pop("policy_run", None)
-            if isinstance(prior, PolicyRun):
-                run, reply = prior, None
+            if prior is not None:  # the fast path ran the rules (or replayed them: True)
+                run, reply = (prior if isinstance(prior, PolicyRun) else None), None
             else:
                 run, reply = await self._policy_request(ep, req, body)
             if reply is not None:
-                if run.closes_connection:
+                if run is not None and run.closes_connection:
                     return False
                 return await self._send_reply(reply, req, body)
         if ep.ws_tcp:

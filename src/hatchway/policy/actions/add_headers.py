@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from hatchway.policy import variables
 from hatchway.policy.config import ConfigReader
@@ -54,6 +54,7 @@ class AppendRequestHeaders:
     fixed: tuple[Header, ...]
     needs_body: bool = False
     dirties: int = 0
+    static: ClassVar[bool] = True  # only appends fixed request headers (engine._static_request)
 
     def run(self, ex: Exchange) -> Reply | None:
         ex.req.append_headers(self.fixed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from hatchway.policy.config import ConfigReader
 from hatchway.policy.interpolate import config_template, header_templates, header_value
@@ -39,6 +39,7 @@ class CustomResponse:
     headers: tuple[tuple[str, Template], ...]
     infer: bool  # no content-type configured: infer it from the rendered body
     needs_body: bool = False
+    static: ClassVar[bool] = True  # always answers (engine._static_request)
 
     def run(self, ex: Exchange) -> Reply | None:
         body = self.body.render(ex)

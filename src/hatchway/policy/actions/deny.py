@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from hatchway.policy.config import ConfigReader
 from hatchway.policy.model import Action, CompileEnv, Exchange, Reply
@@ -19,6 +19,7 @@ from hatchway.policy.model import Action, CompileEnv, Exchange, Reply
 class Deny:
     status: int
     needs_body: bool = False
+    static: ClassVar[bool] = True  # always answers (engine._static_request)
 
     def run(self, ex: Exchange) -> Reply | None:
         return Reply(self.status)

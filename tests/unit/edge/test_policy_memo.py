@@ -1,0 +1,182 @@
+"""The request-phase memo of static policies (``policy_run.remembered``): which policies qualify, and a
+replayed outcome leaves the request head exactly as running the rules does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hatchway.edge import policy_run
+from hatchway.edge.policy_run import PolicyRun, outcome_key, remembered
+from hatchway.edge.proxy import Request, upstream_head
+from hatchway.http import headers as hh
+from hatchway.policy.engine import compile_policy
+
+
+class _Ep:
+    """The Endpoint fields the request path reads, with a memo."""
+
+    tunnel_id = "tn_1"
+    url = "https://app.hatchway.localhost:8443"
+    host = "app.hatchway.localhost"
+    scheme = "https"
+
+    def __init__(self) -> None:
+        self.request_remove: set[bytes] = set()
+        self.rewrite_host = b""
+        self.request_add: list[tuple[bytes, bytes]] = []
+        self.request_outcomes: dict[Any, Any] = {}
+
+
+STATIC = {
+    "on_http_request": [
+        {
+            "expressions": ["'x-debug' in req.headers"],
+            "actions": [{"type": "custom-response", "config": {"status_code": 418, "body": "debug"}}],
+        },
+        {
+            "expressions": ["req.method == 'POST' && req.url.path.startsWith('/api')"],
+            "actions": [{"type": "add-headers", "config": {"headers": {"x-api": "1"}}}],
+        },
+        {
+            "expressions": ["req.headers['accept'][0] == 'text/html'"],
+            "actions": [
+                {"type": "add-headers", "config": {"headers": {"x-html": "yes", "connection": "x-html"}}}
+            ],
+        },
+        {"actions": [{"type": "add-headers", "config": {"headers": {"x-policy": "seen"}}}]},
+        {"expressions": ["req.url.query == 'deny'"], "actions": [{"type": "deny"}]},
+    ]
+}
+
+
+def _request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Request:
+    return Request(
+        method,
+        target,
+        list(headers),
+        "1.1",
+        "app.hatchway.localhost",
+        "10.0.0.7",
+        5000,
+        "https",
+        lower=[k.lower() for k, _ in headers],
+        connection=frozenset(hh.connection_tokens(headers)),
+    )
+
+
+def _head(req: Request) -> tuple[Any, ...]:
+    return (req.method, req.target, req.headers, req.lower, req.connection, upstream_head(_Ep(), req))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("rule", "static"),
+    [
+        ({"expressions": ["req.url.path == '/a'"], "actions": [{"type": "deny"}]}, True),
+        (
+            {
+                "expressions": ["'x' in req.headers"],
+                "actions": [{"type": "add-headers", "config": {"headers": {"a": "b"}}}],
+            },
+            True,
+        ),
+        ({"actions": [{"type": "custom-response", "config": {"body": "${req.url.path}"}}]}, True),
+        ({"expressions": ["conn.client_ip == '1.2.3.4'"], "actions": [{"type": "deny"}]}, False),
+        ({"expressions": ["hasReqHeader('x')"], "actions": [{"type": "deny"}]}, False),
+        ({"actions": [{"type": "add-headers", "config": {"headers": {"a": "${req.url.path}"}}}]}, False),
+        ({"actions": [{"type": "remove-headers", "config": {"headers": ["a"]}}]}, False),
+        ({"actions": [{"type": "set-vars", "config": {"vars": [{"a": "b"}]}}]}, False),
+        (
+            {
+                "actions": [
+                    {
+                        "type": "rate-limit",
+                        "config": {
+                            "name": "r",
+                            "algorithm": "sliding_window",
+                            "capacity": 5,
+                            "rate": "60s",
+                            "bucket_key": ["conn.client_ip"],
+                        },
+                    }
+                ]
+            },
+            False,
+        ),
+    ],
+)
+def test_only_phases_that_depend_on_the_request_alone_are_static(rule: dict[str, Any], static: bool) -> None:
+    assert compile_policy({"on_http_request": [rule]}).static_request is static
+
+
+def test_a_response_phase_makes_the_request_phase_not_static() -> None:
+    doc = {
+        **STATIC,
+        "on_http_response": [{"actions": [{"type": "add-headers", "config": {"headers": {"a": "b"}}}]}],
+    }
+    assert not compile_policy(doc).static_request
+
+
+_HEADERS = st.lists(
+    st.sampled_from(
+        [
+            (b"Host", b"app.hatchway.localhost:8443"),
+            (b"Accept", b"text/html"),
+            (b"Accept", b"*/*"),
+            (b"X-Debug", b"1"),
+            (b"Connection", b"keep-alive"),
+            (b"User-Agent", b"curl"),
+        ]
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from([b"GET", b"POST"]),
+    target=st.sampled_from([b"/", b"/api/x", b"/api?deny", b"/?deny", b"http://h.example/api"]),
+    headers=_HEADERS,
+)
+def test_a_replayed_outcome_is_what_running_the_rules_gives(
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    policy = compile_policy(STATIC)
+    ep: Any = _Ep()
+    fresh = _request(method, target, headers)
+    reply = PolicyRun(ep, policy, fresh).answer(fresh, b"")
+
+    # Once to fill the memo the way the listener does, once more to replay it.
+    first = _request(method, target, headers)
+    key = outcome_key(first)
+    assert not remembered(ep, key, first)
+    run = PolicyRun(ep, policy, first)
+    first_reply = run.answer(first, b"")
+    if first_reply is None:
+        run.remember(ep, key)
+    assert (first_reply is None) == (reply is None)
+
+    again = _request(method, target, headers)
+    if reply is not None:
+        assert not remembered(ep, outcome_key(again), again)  # answers always run in full
+        return
+    replayed = remembered(ep, outcome_key(again), again)
+    assert replayed == target.startswith(b"/")  # an absolute-form target is written back: not kept
+    if replayed:
+        assert _head(again) == _head(fresh)
+
+
+def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy_run, "_OUTCOMES", 8)
+    policy = compile_policy(STATIC)
+    ep: Any = _Ep()
+    for i in range(30):
+        req = _request(b"GET", f"/p{i}".encode(), [(b"Host", b"app.hatchway.localhost")])
+        key = outcome_key(req)
+        run = PolicyRun(ep, policy, req)
+        assert run.answer(req, b"") is None
+        run.remember(ep, key)
+        assert len(ep.request_outcomes) <= 8
