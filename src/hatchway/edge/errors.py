@@ -42,6 +42,13 @@ def bad_request(detail: str) -> EdgeError:
     return EdgeError(400, "ERR_NGROK_3001", f"The request could not be parsed: {detail}")
 
 
+def head_too_large(limit: int) -> EdgeError:
+    # ngrok's request/response header block limit is 1 MB; 10087 is its "request header too large" code.
+    return EdgeError(
+        431, "ERR_NGROK_10087", f"The request's header block is larger than the {limit // 1024} KiB allowed."
+    )
+
+
 def websocket_expected(detail: str) -> EdgeError:
     return EdgeError(
         400,

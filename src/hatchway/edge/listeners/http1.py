@@ -195,6 +195,8 @@ class Http1Connection(asyncio.Protocol):
         self._queue: collections.deque[tuple[Request, Body, _Fast | None]] = collections.deque()
         self._current: tuple[Request, Body] | None = None
         self._url = b""
+        # Bytes received while a request head is incomplete (-1: not inside one); over MAX_HEAD is a 431.
+        self._head_bytes = -1
         self._headers: hh.Headers = []
         self._lower: list[bytes] = []
         self._noted: dict[bytes, bytes] = {}
@@ -234,6 +236,12 @@ class Http1Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if self._head_bytes >= 0:
+                # httptools keeps an unfinished header line itself, without bound: cap the whole head.
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD:
+                    self._head_bytes = -1
+                    self._reject(errors.head_too_large(MAX_HEAD))
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
             # Bytes after an Upgrade request's head are the client's side of the new protocol.
@@ -284,6 +292,7 @@ class Http1Connection(asyncio.Protocol):
 
     # ---- httptools callbacks -------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._head_bytes = 0
         self._url = b""
         self._headers = []
         self._lower = []
@@ -305,6 +314,7 @@ class Http1Connection(asyncio.Protocol):
                 self._connection.update(t.strip().lower() for t in value.split(b",") if t.strip())
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = -1
         p = self._parser
         noted = self._noted
         host_value = noted.get(b"host", b"")
