@@ -12,7 +12,8 @@ This runs for every request of a policy endpoint, so it does as little as it can
 the exchange is built once per endpoint, the request headers are decoded only when something reads them
 (``_WireRequest``: ``'x' in req.headers`` and add-headers do not), and after the request phase only what
 changed is written back (headers that were only appended are encoded alone). What the listener gets is
-what the eager version gave (``tests/unit/policy/test_edge_glue.py`` compares the two).
+what the eager version gave (``tests/unit/policy/test_edge_glue.py`` compares the two). A static request
+phase (see ``remembered``) is not even run for a request the endpoint has seen: its outcome is replayed.
 """
 
 from __future__ import annotations
