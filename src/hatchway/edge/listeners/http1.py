@@ -14,7 +14,10 @@ bodyless keep-alive request on a connection whose Proxy stream is open, with a r
 parser callback, the response is relayed from the tunnel's receive callback), with no task wake-up and
 no header rebuild, which is most of the edge's cost per small request. Whenever the fast path meets
 anything else it hands the exchange, bytes already taken included, to the general path (``_Fast`` is
-put at the front of the queue and ``_serve`` resumes it), so both give the same answers.
+put at the front of the queue and ``_serve`` resumes it), so both give the same answers. Per connection
+it also keeps what repeats between keep-alive requests: the parsed Host and its route (until the
+registry's ``generation`` moves), and the Proxy stream's sink. A request head is capped at ``MAX_HEAD``
+(431), since httptools would buffer an endless header line.
 """
 
 from __future__ import annotations
