@@ -23,3 +23,25 @@ async def wait_until(predicate: object, within: float = 10.0, step: float = 0.02
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110 -- polls state that has no event to wait on
             await asyncio.sleep(step)
+
+
+class EndpointDouble:
+    """The ``Endpoint`` fields the request path reads (``PolicyRun``, ``upstream_head``), for tests that
+    run it without a registry: no header changes, no Host rewrite, no memo unless ``request_outcomes``."""
+
+    tunnel_id = "tn_1"
+    url = "https://app.hatchway.localhost:8443"
+    host = "app.hatchway.localhost"
+    scheme = "https"
+
+    def __init__(
+        self,
+        remove: set[bytes] | None = None,
+        add: list[tuple[bytes, bytes]] | None = None,
+        rewrite: bytes = b"",
+        memo: bool = False,
+    ) -> None:
+        self.request_remove: set[bytes] = remove or set()
+        self.request_add: list[tuple[bytes, bytes]] = add or []
+        self.rewrite_host = rewrite
+        self.request_outcomes: dict[object, object] | None = {} if memo else None

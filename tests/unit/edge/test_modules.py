@@ -19,6 +19,8 @@ from hatchway.policy.engine import compile_policy
 from hatchway.policy.model import Reply
 from hatchway.wire import messages as m
 
+from helpers import EndpointDouble
+
 
 def decode(raw: dict[str, object]) -> m.HttpEndpoint:
     return m.Bind(proto="http", opts=raw).http_opts()
@@ -90,15 +92,6 @@ def test_both_policy_fields_are_refused_and_the_legacy_one_alone_works() -> None
     assert policy is not None and policy.has_request_phase
 
 
-class _Ep:
-    """The few Endpoint fields PolicyRun reads."""
-
-    tunnel_id = "tn_1"
-    url = "https://app.hatchway.localhost:8443"
-    host = "app.hatchway.localhost"
-    scheme = "https"
-
-
 def request(target: bytes = b"/a?x=1", headers: list[tuple[bytes, bytes]] | None = None) -> Request:
     hdrs = headers or [(b"Host", b"app.hatchway.localhost:8443"), (b"Accept-Encoding", b"gzip")]
     return Request(
@@ -125,7 +118,7 @@ def test_request_changes_reach_the_head_the_proxy_writes() -> None:
         }
     )
     req = request()
-    run = PolicyRun(_Ep(), policy, req)  # type: ignore[arg-type]
+    run = PolicyRun(EndpointDouble(), policy, req)  # type: ignore[arg-type]
     assert run.ex.endpoint.port == 8443
     assert run.request(req) is None
     assert req.target == b"/b?x=1"
@@ -146,7 +139,7 @@ def test_response_phase_changes_headers_and_picks_an_encoder() -> None:
         }
     )
     req = request()
-    run = PolicyRun(_Ep(), policy, req)  # type: ignore[arg-type]
+    run = PolicyRun(EndpointDouble(), policy, req)  # type: ignore[arg-type]
     head = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n")
     assert head is not None
     assert run.response(head, b"GET") is None
@@ -168,7 +161,9 @@ def test_replies_render_as_whole_responses_and_finish_reports_once() -> None:
     assert raw.startswith(b"HTTP/1.1 201 Created\r\n") and raw.endswith(b"\r\n\r\nmade")
     assert b"content-length: 4" in raw
     seen: list[int] = []
-    run = PolicyRun(_Ep(), compile_policy({"on_http_request": [{"actions": [{"type": "deny"}]}]}), request())  # type: ignore[arg-type]
+    run = PolicyRun(
+        EndpointDouble(), compile_policy({"on_http_request": [{"actions": [{"type": "deny"}]}]}), request()
+    )  # type: ignore[arg-type]
     run.ex.on_complete.append(seen.append)
     run.finish(502)
     run.finish(0)

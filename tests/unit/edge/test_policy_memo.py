@@ -15,21 +15,7 @@ from hatchway.edge.proxy import Request, upstream_head
 from hatchway.http import headers as hh
 from hatchway.policy.engine import compile_policy
 
-
-class _Ep:
-    """The Endpoint fields the request path reads, with a memo."""
-
-    tunnel_id = "tn_1"
-    url = "https://app.hatchway.localhost:8443"
-    host = "app.hatchway.localhost"
-    scheme = "https"
-
-    def __init__(self) -> None:
-        self.request_remove: set[bytes] = set()
-        self.rewrite_host = b""
-        self.request_add: list[tuple[bytes, bytes]] = []
-        self.request_outcomes: dict[Any, Any] = {}
-
+from helpers import EndpointDouble
 
 STATIC = {
     "on_http_request": [
@@ -69,7 +55,14 @@ def _request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -
 
 
 def _head(req: Request) -> tuple[Any, ...]:
-    return (req.method, req.target, req.headers, req.lower, req.connection, upstream_head(_Ep(), req))  # type: ignore[arg-type]
+    return (
+        req.method,
+        req.target,
+        req.headers,
+        req.lower,
+        req.connection,
+        upstream_head(EndpointDouble(), req),
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -145,7 +138,7 @@ def test_a_replayed_outcome_is_what_running_the_rules_gives(
     method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
 ) -> None:
     policy = compile_policy(STATIC)
-    ep: Any = _Ep()
+    ep: Any = EndpointDouble(memo=True)
     fresh = _request(method, target, headers)
     reply = PolicyRun(ep, policy, fresh).answer(fresh, b"")
 
@@ -172,7 +165,7 @@ def test_a_replayed_outcome_is_what_running_the_rules_gives(
 def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(policy_run, "_OUTCOMES", 8)
     policy = compile_policy(STATIC)
-    ep: Any = _Ep()
+    ep: Any = EndpointDouble(memo=True)
     for i in range(30):
         req = _request(b"GET", f"/p{i}".encode(), [(b"Host", b"app.hatchway.localhost")])
         key = outcome_key(req)

@@ -10,19 +10,7 @@ from hypothesis import strategies as st
 from hatchway.edge.proxy import Request, general_upstream_head, upstream_head
 from hatchway.http import headers as hh
 
-
-class _Ep:
-    """The Endpoint fields the request path reads."""
-
-    def __init__(
-        self,
-        remove: set[bytes] | None = None,
-        add: list[tuple[bytes, bytes]] | None = None,
-        rewrite: bytes = b"",
-    ) -> None:
-        self.request_remove = remove or set()
-        self.request_add = add or []
-        self.rewrite_host = rewrite
+from helpers import EndpointDouble
 
 
 def _request(headers: list[tuple[bytes, bytes]], target: bytes = b"/a?b", upgrade: bool = False) -> Request:
@@ -67,13 +55,18 @@ _VALUES = st.sampled_from([b"", b"a.example:8443", b"1.2.3.4", b"keep-alive", b"
     headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=6),
     target=st.sampled_from([b"/", b"/a?b", b"http://h.example/p?q", b"*"]),
     ep=st.sampled_from(
-        [_Ep(), _Ep(remove={b"cookie"}), _Ep(add=[(b"X-Added", b"1")]), _Ep(rewrite=b"localhost:3000")]
+        [
+            EndpointDouble(),
+            EndpointDouble(remove={b"cookie"}),
+            EndpointDouble(add=[(b"X-Added", b"1")]),
+            EndpointDouble(rewrite=b"localhost:3000"),
+        ]
     ),
     upgrade=st.booleans(),
 )
-@example(headers=[(b"Host", b""), (b"host", b"a.example")], target=b"/", ep=_Ep(), upgrade=False)
+@example(headers=[(b"Host", b""), (b"host", b"a.example")], target=b"/", ep=EndpointDouble(), upgrade=False)
 def test_both_branches_write_the_same_head(
-    headers: list[tuple[bytes, bytes]], target: bytes, ep: _Ep, upgrade: bool
+    headers: list[tuple[bytes, bytes]], target: bytes, ep: EndpointDouble, upgrade: bool
 ) -> None:
     req = _request(headers, target, upgrade)
     assert upstream_head(ep, req) == general_upstream_head(ep, req)  # type: ignore[arg-type]
@@ -81,7 +74,7 @@ def test_both_branches_write_the_same_head(
 
 def test_a_plain_request_gets_the_forwarding_headers_appended() -> None:
     req = _request([(b"Host", b"app.example:8443"), (b"Accept", b"*/*")])
-    head, sent_host = upstream_head(_Ep(), req)  # type: ignore[arg-type]
+    head, sent_host = upstream_head(EndpointDouble(), req)  # type: ignore[arg-type]
     assert head == (
         b"GET /a?b HTTP/1.1\r\nHost: app.example:8443\r\nAccept: */*\r\n"
         b"X-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: app.example:8443\r\n\r\n"
@@ -99,6 +92,6 @@ def test_hop_by_hop_headers_are_dropped_and_forwarding_values_appended_to() -> N
             (b"X-Forwarded-For", b"1.2.3.4"),
         ]
     )
-    head, _ = upstream_head(_Ep(), req)  # type: ignore[arg-type]
+    head, _ = upstream_head(EndpointDouble(), req)  # type: ignore[arg-type]
     assert b"Connection" not in head and b"X-Custom" not in head and b"TE:" not in head
     assert b"X-Forwarded-For: 1.2.3.4, 10.0.0.7\r\n" in head

@@ -26,22 +26,9 @@ from hatchway.policy.engine import CompiledPolicy, compile_policy
 from hatchway.policy.model import Conn, EndpointInfo, Exchange, HttpRequest, Reply
 from hatchway.policy.variables import header_map
 
+from helpers import EndpointDouble
 
-class _Ep:
-    """The Endpoint fields the request path reads."""
-
-    tunnel_id = "tn_1"
-    url = "https://app.hatchway.localhost:8443"
-    host = "app.hatchway.localhost"
-    scheme = "https"
-
-    def __init__(self) -> None:
-        self.request_remove: set[bytes] = set()
-        self.rewrite_host = b""
-        self.request_add: list[tuple[bytes, bytes]] = []
-
-
-EP: Any = _Ep()
+EP: Any = EndpointDouble()
 
 BASIC = [(b"Host", b"app.hatchway.localhost:8443"), (b"User-Agent", b"wrk"), (b"Accept", b"*/*")]
 
@@ -278,7 +265,7 @@ def test_an_undecoded_request_answers_has_header_as_its_decoded_headers_do(
 
 
 def test_the_endpoint_info_is_shared_and_dropped_with_its_endpoint() -> None:
-    ep: Any = _Ep()
+    ep: Any = EndpointDouble()
     first = PolicyRun(ep, POLICIES["no match"], request()).ex.endpoint
     assert PolicyRun(ep, POLICIES["no match"], request()).ex.endpoint is first
     assert first == EndpointInfo(
