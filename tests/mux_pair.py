@@ -46,24 +46,14 @@ def make_tls(names: tuple[str, ...] = ("localhost", LOCALHOST)) -> TlsSetup:
     return TlsSetup(ca, tls.server_context(leaf), tls.client_context(ca.cert_pem))
 
 
-class RecordingConnection(MuxConnection):
-    """A ``MuxConnection`` that keeps its transport where tests can see it (socket options, peer)."""
-
-    raw_transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.raw_transport = transport
-        super().connection_made(transport)
-
-
 @dataclass
 class MuxPair:
     """One listener, one client connection to it, and what the server side saw."""
 
     listener: asyncio.Server
-    client: RecordingConnection
+    client: MuxConnection
     port: int
-    server_conns: list[RecordingConnection] = field(default_factory=list)
+    server_conns: list[MuxConnection] = field(default_factory=list)
     accepted: asyncio.Queue[MuxStream] = field(default_factory=asyncio.Queue)
 
     async def next_accepted(self) -> MuxStream:
@@ -74,11 +64,11 @@ class MuxPair:
 
 async def dial(
     port: int, ssl_ctx: ssl.SSLContext | None = None, server_hostname: str | None = None
-) -> RecordingConnection:
+) -> MuxConnection:
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(WAIT):
         _, conn = await loop.create_connection(
-            lambda: RecordingConnection(MuxSession(client=True)),
+            lambda: MuxConnection(MuxSession(client=True)),
             LOCALHOST,
             port,
             ssl=ssl_ctx,
@@ -111,7 +101,7 @@ async def mux_pair(
     handler task alive (owned by its connection) until the connection closes, so the stream is not
     reset behind the test's back."""
     loop = asyncio.get_running_loop()
-    server_conns: list[RecordingConnection] = []
+    server_conns: list[MuxConnection] = []
     accepted: asyncio.Queue[MuxStream] = asyncio.Queue()
 
     async def queue_handler(st: MuxStream) -> None:
@@ -121,8 +111,8 @@ async def mux_pair(
         accepted.put_nowait(st)
         await st.connection.wait_closed()
 
-    def factory() -> RecordingConnection:
-        conn = RecordingConnection(MuxSession(client=False), handler or queue_handler)
+    def factory() -> MuxConnection:
+        conn = MuxConnection(MuxSession(client=False), handler or queue_handler)
         server_conns.append(conn)
         return conn
 
@@ -130,7 +120,7 @@ async def mux_pair(
         factory, LOCALHOST, 0, ssl=tls_setup.server if tls_setup is not None else None
     )
     port = listener.sockets[0].getsockname()[1]
-    client: RecordingConnection | None = None
+    client: MuxConnection | None = None
     try:
         client = await dial(port, tls_setup.client if tls_setup else None, server_hostname)
         yield MuxPair(listener, client, port, server_conns, accepted)
@@ -140,7 +130,7 @@ async def mux_pair(
             await close_conn(client)
         for conn in server_conns:
             # A server connection whose TLS handshake never finished never saw connection_made.
-            if conn.raw_transport is not None:
+            if conn.transport is not None:
                 await close_conn(conn)
         async with asyncio.timeout(WAIT):
             await listener.wait_closed()

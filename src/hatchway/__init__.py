@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from hatchway import _native
+
+# Before any other module of the package loads: compiled hot modules only when built from these sources.
+_native.guard()
+
 __version__ = "0.1.0"
 
 _SDK_NAMES = (

@@ -138,7 +138,11 @@ class ChunkedScanner:
 
     __slots__ = ("_line", "_remaining", "_state", "done")
 
-    _SIZE, _DATA, _DATA_CRLF, _TRAILER = range(4)
+    # One assignment each: mypyc compiles this module (hatchway/_native.py) and refuses tuple unpacking here.
+    _SIZE = 0
+    _DATA = 1
+    _DATA_CRLF = 2
+    _TRAILER = 3
 
     def __init__(self) -> None:
         self._state = self._SIZE

@@ -286,6 +286,11 @@ class MuxConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=1 << 20, low=256 * 1024)
         self._schedule_flush()
 
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The socket's transport (TLS or plain), once connected."""
+        return self._transport
+
     def quick_ack(self) -> None:
         """ACK the peer's data at once from now on (re-armed after every read, as Linux requires).
 

@@ -55,7 +55,7 @@ async def test_tls_echo_carries_stream_types_and_window_updates(tls_setup: Any) 
         await mp.echo(st)
 
     async with mp.mux_pair(handler, tls_setup=tls_setup) as pair:
-        assert pair.client.raw_transport.get_extra_info("ssl_object") is not None
+        assert pair.client.transport.get_extra_info("ssl_object") is not None
         data = bytes(range(256)) * 4096  # 1 MiB: four windows each way, so WNDINC must flow over TLS
         results = await asyncio.gather(*(mp.echo_round_trip(pair.client, data) for _ in range(4)))
         assert results == [data] * 4
@@ -243,5 +243,5 @@ async def test_tcp_nodelay_on_both_ends(use_tls: bool, tls_setup: Any) -> None:
         await pair.client.open_stream(1)
         srv = await pair.next_accepted()
         for conn in (pair.client, srv.connection):
-            sock = conn.raw_transport.get_extra_info("socket")
+            sock = conn.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
