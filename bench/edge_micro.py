@@ -9,6 +9,8 @@ side is pre-encoded bytes, so only edge code is timed; syscalls, TLS and the eve
 ``N``; the machine's other work only ever adds time) and, with ``--profile``, a cProfile of one run.
 
 Run: ``.venv/bin/python bench/edge_micro.py [--profile]``. For comparing changes on one machine in one run.
+It times whatever the package loads: the mypyc build of the hot modules when it is fresh
+(``hatchway/_native.py``), the sources with ``HATCHWAY_PURE=1``.
 """
 
 from __future__ import annotations
