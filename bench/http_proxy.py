@@ -417,7 +417,7 @@ def run_wrk(
     if vary:
         script = Path(extra[1]).read_text() if extra else ""
         path = "/" + url.split("/", 3)[3]
-        lua = bench.work / f"vary-{len(script)}-{abs(hash(script + path))}.lua"
+        lua = bench.work / ("vary-" + (Path(extra[1]).name if extra else "direct.lua"))  # one per host
         counter = (
             "local n = 0\nrequest = function()\n  n = n + 1\n"
             f'  return wrk.format(nil, "{path}?n=" .. n)\nend\n'

@@ -7,6 +7,7 @@ it listens. Every process is stopped at the end; every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -285,17 +286,26 @@ class EchoHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 
 
-@pytest.fixture
-def echo_app() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
-    server.daemon_threads = True
+@contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[None]:
+    """Run ``server`` on a daemon thread (its handlers too, when it has threads) until the block ends."""
+    if isinstance(server, socketserver.ThreadingMixIn):
+        server.daemon_threads = True
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
-        yield server.server_address[1]
+        yield
     finally:
         server.shutdown()
         server.server_close()
+        t.join(timeout=5)
+
+
+@pytest.fixture
+def echo_app() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+    with serving(server):
+        yield int(server.server_address[1])
 
 
 def curl(
@@ -364,13 +374,8 @@ class BannerEcho(socketserver.BaseRequestHandler):
 def banner_echo_server() -> Iterator[int]:
     """A ``BannerEcho`` server on loopback; yields its port."""
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), BannerEcho)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(server):
         yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextlib.contextmanager
@@ -382,3 +387,71 @@ def tcp_edge(data_dir: Path, size: int) -> Iterator[tuple[EdgeProc, tuple[int, i
         yield proc, (first, last)
     finally:
         proc.stop()
+
+
+# ---- TCP endpoint checks (test_tcp_endpoints, test_agent_tcp) ----
+def port_of(url: str) -> int:
+    """The port of a ``tcp://127.0.0.1:PORT`` endpoint URL."""
+    assert url.startswith("tcp://127.0.0.1:"), url
+    return int(url.rpartition(":")[2])
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        assert chunk, f"EOF after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    buf = bytearray()
+    while chunk := sock.recv(1 << 16):
+        buf += chunk
+    return bytes(buf)
+
+
+def echo_check(port: int, payload: bytes, *, before_echo: bytes = b"", header_len: int = 0) -> None:
+    """Banner first, then (``before_echo``, e.g. a PROXY header) and ``payload`` echoed; the client's FIN
+    comes back as EOF (the half-close crosses both ways). ``header_len``: the whole header's length."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        assert read_exactly(sock, len(TCP_BANNER)) == TCP_BANNER
+        sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = read_to_eof(sock)
+        sender.join(timeout=20)
+    assert got.startswith(before_echo), got[:200]
+    body = got[header_len or len(before_echo) :]
+    assert len(body) == len(payload)
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(5)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+# Module-scoped fixtures of the TCP endpoint tests (test_tcp_endpoints, test_agent_tcp), which import them:
+# one banner/echo upstream and one edge with its own port range per test module.
+@pytest.fixture(scope="module", name="upstream")
+def tcp_upstream() -> Iterator[int]:
+    with banner_echo_server() as port:
+        yield port
+
+
+@pytest.fixture(scope="module", name="_tcp_edge")
+def tcp_edge_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProc, tuple[int, int]]]:
+    with tcp_edge(tmp_path_factory.mktemp("tcp-edge"), 32) as both:
+        yield both
+
+
+@pytest.fixture(scope="module", name="tcp_range")
+def tcp_edge_range(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> tuple[int, int]:
+    return _tcp_edge[1]
+
+
+@pytest.fixture(scope="module", name="edge")
+def tcp_edge_proc(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> EdgeProc:
+    return _tcp_edge[0]

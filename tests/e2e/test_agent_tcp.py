@@ -10,11 +10,9 @@ after an edge restart, and bad flags named before anything connects.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 import subprocess
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,43 +21,32 @@ import pytest
 
 import hatchway
 
+import e2e_support
 from e2e_support import (
     HATCHWAY,
     TCP_BANNER,
     Agents,
     EdgeProc,
-    banner_echo_server,
+    echo_check,
     free_port_range,
+    port_of,
+    read_exactly,
+    read_to_eof,
+    refused,
     start_edge,
-    tcp_edge,
     wait_for,
 )
+
+# The module-scoped fixtures ``upstream``, ``_tcp_edge``, ``tcp_range`` and ``edge``, shared with the other
+# TCP endpoint tests.
+tcp_upstream = e2e_support.tcp_upstream
+tcp_edge_pair = e2e_support.tcp_edge_pair
+tcp_edge_range = e2e_support.tcp_edge_range
+tcp_edge_proc = e2e_support.tcp_edge_proc
 
 pytestmark = pytest.mark.timeout(120)
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
-    with banner_echo_server() as port:
-        yield port
-
-
-@pytest.fixture(scope="module")
-def _tcp_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProc, tuple[int, int]]]:
-    with tcp_edge(tmp_path_factory.mktemp("tcp-edge"), 32) as both:
-        yield both
-
-
-@pytest.fixture(scope="module")
-def tcp_range(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> tuple[int, int]:
-    return _tcp_edge[1]
-
-
-@pytest.fixture(scope="module")
-def edge(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> EdgeProc:
-    return _tcp_edge[0]
 
 
 @pytest.fixture
@@ -69,48 +56,6 @@ def run(edge: EdgeProc) -> Iterator[Agents]:
         yield a
     finally:
         a.stop_all()
-
-
-def port_of(url: str) -> int:
-    assert url.startswith("tcp://127.0.0.1:"), url
-    return int(url.rpartition(":")[2])
-
-
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        assert chunk, f"EOF after {len(buf)} of {n} bytes"
-        buf += chunk
-    return bytes(buf)
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    buf = bytearray()
-    while chunk := sock.recv(1 << 16):
-        buf += chunk
-    return bytes(buf)
-
-
-def echo_check(port: int, payload: bytes, *, before_echo: bytes = b"", header_len: int = 0) -> None:
-    """Banner first, then (``before_echo``, e.g. a PROXY header) and ``payload`` echoed; the client's FIN
-    comes back as EOF (the half-close crosses both ways). ``header_len``: the whole header's length."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        assert read_exactly(sock, len(TCP_BANNER)) == TCP_BANNER
-        sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
-        sender.start()
-        got = read_to_eof(sock)
-        sender.join(timeout=20)
-    assert got.startswith(before_echo), got[:200]
-    body = got[header_len or len(before_echo) :]
-    assert len(body) == len(payload)
-    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(payload).hexdigest()
-
-
-def refused(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(5)
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def hatchway_cmd(edge: EdgeProc, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -1,42 +1,18 @@
 """Hostile or broken HTTP/1.1 from clients: each gets a clear error with an ``ngrok-error-code`` and its
 connection closed, while the edge keeps serving everyone else (a real edge and agent on loopback, raw
-sockets for the bad clients, an in-process upstream)."""
+sockets for the bad clients, the shared echo upstream)."""
 
 from __future__ import annotations
 
-import http.server
+import json
 import socket
-import threading
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 from e2e_support import Agents, EdgeProc
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def upstream() -> Iterator[int]:
-    class Hello(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "5")
-            self.end_headers()
-            self.wfile.write(b"hello")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _exchange(port: int, chunks: list[bytes]) -> bytes:
@@ -57,15 +33,15 @@ def _exchange(port: int, chunks: list[bytes]) -> bytes:
 
 
 def _still_serving(edge: EdgeProc, host: str) -> None:
-    req = urllib.request.Request(f"http://127.0.0.1:{edge.http_port}/", headers={"Host": host})
+    req = urllib.request.Request(f"http://127.0.0.1:{edge.http_port}/alive", headers={"Host": host})
     with urllib.request.urlopen(req, timeout=20) as resp:
-        assert resp.status == 200 and resp.read() == b"hello"
+        assert resp.status == 200 and json.loads(resp.read())["path"] == "/alive"  # the upstream answered
 
 
 def test_a_malformed_request_gets_400_with_its_code(
-    edge_proc: EdgeProc, agents: Agents, upstream: int
+    edge_proc: EdgeProc, agents: Agents, echo_app: int
 ) -> None:
-    agent = agents.start("http", str(upstream), "--scheme", "http")
+    agent = agents.start("http", str(echo_app), "--scheme", "http")
     out = _exchange(
         edge_proc.http_port, [f"GET / HTTP/1.1\r\nHost: {agent.host}\r\nBad Header\r\n\r\n".encode()]
     )
@@ -75,9 +51,9 @@ def test_a_malformed_request_gets_400_with_its_code(
     _still_serving(edge_proc, agent.host)
 
 
-def test_a_request_head_over_1_mib_gets_431(edge_proc: EdgeProc, agents: Agents, upstream: int) -> None:
+def test_a_request_head_over_1_mib_gets_431(edge_proc: EdgeProc, agents: Agents, echo_app: int) -> None:
     """ngrok's limit on a header block is 1 MB; httptools would otherwise buffer an endless line."""
-    agent = agents.start("http", str(upstream), "--scheme", "http")
+    agent = agents.start("http", str(echo_app), "--scheme", "http")
     start = f"GET / HTTP/1.1\r\nHost: {agent.host}\r\nX-Big: ".encode()
     out = _exchange(edge_proc.http_port, [start] + [b"a" * 65536] * 24)  # 1.5 MiB of one header value
     head = out.split(b"\r\n\r\n", 1)[0].lower()

@@ -14,14 +14,13 @@ import hashlib
 import random
 import socket
 import socketserver
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import h11
 import pytest
 
-from e2e_support import Agents, EdgeProc
+from e2e_support import Agents, EdgeProc, serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,14 +81,8 @@ class _Handler(socketserver.BaseRequestHandler):
 @pytest.fixture
 def upstream() -> Iterator[int]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server):
+        yield int(server.server_address[1])
 
 
 class Client:

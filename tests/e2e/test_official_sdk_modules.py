@@ -19,13 +19,12 @@ import contextlib
 import gzip
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
 import pytest
 
-from e2e_support import EchoHandler, EdgeProc, curl, sdk_process, start_edge
+from e2e_support import EchoHandler, EdgeProc, curl, sdk_process, serving, start_edge
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -55,14 +54,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeProc]:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
-    server.daemon_threads = True
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(server):
         yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from typing import IO
 
 import pytest
 
-from e2e_support import Agents, EdgeProc, curl, start_edge, wait_for
+from e2e_support import Agents, EdgeProc, curl, serving, start_edge, wait_for
 
 RECOVER_WITHIN = 5.0  # seconds from the restarted edge being ready to the endpoint serving again
 
@@ -225,12 +225,8 @@ class SlowServer(ThreadingHTTPServer):
 def slow_app() -> Iterator[SlowServer]:
     server = SlowServer(("127.0.0.1", 0), SlowHandler)
     server.cond = threading.Condition()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_sigterm_drains_requests_in_flight_then_restarts(

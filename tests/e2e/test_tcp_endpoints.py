@@ -13,28 +13,36 @@ port after an edge restart (the SDK re-binds with its tunnel id and token).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import e2e_support
 from e2e_support import (
     TCP_BANNER,
     EdgeProc,
-    banner_echo_server,
+    echo_check,
     free_port_range,
+    port_of,
+    read_to_eof,
+    refused,
     sdk_process,
     start_edge,
-    tcp_edge,
     wait_for,
 )
+
+# The module-scoped fixtures ``upstream``, ``_tcp_edge``, ``tcp_range`` and ``edge``, shared with the other
+# TCP endpoint tests.
+tcp_upstream = e2e_support.tcp_upstream
+tcp_edge_pair = e2e_support.tcp_edge_pair
+tcp_edge_range = e2e_support.tcp_edge_range
+tcp_edge_proc = e2e_support.tcp_edge_proc
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -56,28 +64,6 @@ os._exit(0)
 """
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
-    with banner_echo_server() as port:
-        yield port
-
-
-@pytest.fixture(scope="module")
-def _tcp_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProc, tuple[int, int]]]:
-    with tcp_edge(tmp_path_factory.mktemp("tcp-edge"), 16) as both:
-        yield both
-
-
-@pytest.fixture(scope="module")
-def tcp_range(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> tuple[int, int]:
-    return _tcp_edge[1]
-
-
-@pytest.fixture(scope="module")
-def edge(_tcp_edge: tuple[EdgeProc, tuple[int, int]]) -> EdgeProc:
-    return _tcp_edge[0]
-
-
 @contextlib.contextmanager
 def sdk_tcp(edge: EdgeProc, port: int, **options: object) -> Iterator[dict[str, str]]:
     cmd = [sys.executable, "-c", SDK_SCRIPT, str(port), edge.token, edge.tunnel_addr, str(edge.ca)]
@@ -85,29 +71,8 @@ def sdk_tcp(edge: EdgeProc, port: int, **options: object) -> Iterator[dict[str, 
         yield info
 
 
-def port_of(url: str) -> int:
-    assert url.startswith("tcp://127.0.0.1:"), url
-    return int(url.rpartition(":")[2])
-
-
 def connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=20)
-
-
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        assert chunk, f"EOF after {len(buf)} of {n} bytes"
-        buf += chunk
-    return bytes(buf)
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    buf = bytearray()
-    while chunk := sock.recv(1 << 16):
-        buf += chunk
-    return bytes(buf)
 
 
 def ended(sock: socket.socket) -> bool:
@@ -116,24 +81,6 @@ def ended(sock: socket.socket) -> bool:
         return sock.recv(1 << 16) == b""
     except ConnectionError:
         return True
-
-
-def refused(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(5)
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def echo_check(port: int, payload: bytes) -> None:
-    """Banner first (upstream to client), then ``payload`` echoed; the client's FIN comes back as EOF."""
-    with connect(port) as sock:
-        assert read_exactly(sock, len(TCP_BANNER)) == TCP_BANNER
-        sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
-        sender.start()
-        back = read_to_eof(sock)  # the upstream half-closes after our FIN: EOF here
-        sender.join(timeout=20)
-    assert len(back) == len(payload)
-    assert hashlib.sha256(back).hexdigest() == hashlib.sha256(payload).hexdigest()
 
 
 def test_bytes_both_ways_half_close_and_offline_after_exit(

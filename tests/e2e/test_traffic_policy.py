@@ -39,7 +39,17 @@ import brotli
 import pytest
 import zstandard
 
-from e2e_support import HATCHWAY, AgentProc, Agents, EchoHandler, EdgeProc, curl, start_edge, wait_for
+from e2e_support import (
+    HATCHWAY,
+    AgentProc,
+    Agents,
+    EchoHandler,
+    EdgeProc,
+    curl,
+    serving,
+    start_edge,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,13 +119,8 @@ class UpstreamHandler(EchoHandler):
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     server = Upstream()
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")

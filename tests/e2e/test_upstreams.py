@@ -18,7 +18,6 @@ import socketserver
 import ssl
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
@@ -32,24 +31,12 @@ import h2.exceptions
 import pytest
 import trustme
 
-from e2e_support import HATCHWAY, Agents, EchoHandler, EdgeProc, curl, wait_for
+from e2e_support import HATCHWAY, Agents, EchoHandler, EdgeProc, curl, serving, wait_for
 
 
 def _split(out: bytes) -> tuple[bytes, bytes]:
     head, _, body = out.partition(b"\r\n\r\n")
     return head, body
-
-
-@contextlib.contextmanager
-def _serving(server: socketserver.BaseServer) -> Iterator[None]:
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(timeout=5)
 
 
 # ---- an HTTPS app with a certificate from an unrelated CA ---------------------------------------------
@@ -89,7 +76,7 @@ def https_app() -> Iterator[_TLSServer]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
     server = _TLSServer(ctx)
-    with _serving(server):
+    with serving(server):
         yield server
 
 
@@ -214,7 +201,7 @@ class _H2Server(socketserver.ThreadingTCPServer):
 @pytest.fixture
 def h2c_app() -> Iterator[_H2Server]:
     server = _H2Server()
-    with _serving(server):
+    with serving(server):
         yield server
 
 
@@ -331,7 +318,7 @@ def unix_app() -> Iterator[str]:
     path = os.path.join(short, "app.sock")
     server = _UnixEchoServer(path, EchoHandler)
     try:
-        with _serving(server):
+        with serving(server):
             yield path
     finally:
         shutil.rmtree(short, ignore_errors=True)
@@ -357,7 +344,7 @@ def echo_on_127_0_0_2() -> Iterator[int]:
     except OSError as exc:  # 127.0.0.0/8 is all loopback on Linux, not everywhere
         pytest.skip(f"cannot listen on 127.0.0.2: {exc}")
     server.daemon_threads = True
-    with _serving(server):
+    with serving(server):
         yield server.server_address[1]
 
 

@@ -28,7 +28,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from e2e_support import Agents, EdgeProc, curl
+from e2e_support import Agents, EdgeProc, curl, serving
 
 MiB = 1 << 20
 BULK = 100 * MiB
@@ -257,13 +257,8 @@ def bulk_app(download_payload: bytes) -> Iterator[BulkServer]:
     server = BulkServer(("127.0.0.1", 0), BulkHandler)
     server.payload = download_payload
     server.framings = []
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _mib(n: int) -> str:

@@ -25,10 +25,10 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 
@@ -112,11 +112,16 @@ class Resolved:
     ca_pem: bytes | None
 
 
-def _load(config: list[Path] | None) -> AgentConfig:
-    paths = list(config or [])
+def _load(config: Sequence[Path | str] | None) -> AgentConfig:
+    """The ``--config`` files (each may be a comma list), merged in order; the default file without any.
+    Errors end the command with every problem printed."""
+    paths = [Path(p) for c in (config or []) for p in str(c).split(",")]
     if not paths and default_config_path().exists():
         paths = [default_config_path()]
-    return load_config(paths)
+    try:
+        return load_config(paths)
+    except ConfigErrors as exc:
+        _fail(exc)
 
 
 def resolve(
@@ -292,7 +297,7 @@ def _run(res: Resolved, log: str | None, log_format: str | None, log_level: str 
     raise typer.Exit(run_loop(run_agent(res, out, console)))
 
 
-def _fail(exc: ConfigError | ConfigErrors) -> None:
+def _fail(exc: ConfigError | ConfigErrors) -> NoReturn:
     typer.echo(f"ERROR: {exc}", err=True)
     raise typer.Exit(1)
 
@@ -510,10 +515,7 @@ def http(
 ) -> None:
     """Expose a local HTTP service on a public URL."""
     flags = dict(locals())
-    try:
-        cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
-    except ConfigErrors as exc:
-        _fail(exc)
+    cfg = _load(config)
     _start_one(lambda: http_spec(**{k: v for k, v in flags.items() if k in SPEC_FLAGS}), cfg, flags)
 
 
@@ -577,10 +579,7 @@ def tcp(
 ) -> None:
     """Expose a local TCP service (ssh, a database, ...) on a public tcp://HOST:PORT."""
     flags = dict(locals())
-    try:
-        cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
-    except ConfigErrors as exc:
-        _fail(exc)
+    cfg = _load(config)
     _start_one(
         lambda: tcp_endpoint_spec(**{k: v for k, v in flags.items() if k in TCP_SPEC_FLAGS}), cfg, flags
     )
@@ -602,10 +601,7 @@ def start(
     root_cas: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Start endpoints by name from the config file(s) (or --all)."""
-    try:
-        cfg = _load([Path(p) for c in (config or []) for p in str(c).split(",")] or None)
-    except ConfigErrors as exc:
-        _fail(exc)
+    cfg = _load(config)
     try:
         specs = list(cfg.select(list(names or []), all_endpoints=all_).values())
     except (ConfigError, ConfigErrors) as exc:
