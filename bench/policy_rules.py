@@ -21,15 +21,19 @@ It reuses ``bench/http_proxy.py``'s process handling, nginx config, wrk runner a
     is static (``docs/traffic-policy.md``): wrk repeats one request, so after the first one the edge
     replays the request phase's outcome from the endpoint's memo;
   - ``20 rules, new URLs``: the same 20 rules, but every request carries a query string never seen before
-    (a wrk Lua ``request`` function), so nothing is replayed and every rule runs every time.
+    (a wrk Lua ``request`` function), so nothing is replayed and every rule runs every time. Its ratio is
+    taken against ``0 rules, new URLs`` (no policy, the same Lua script): making each request in Lua
+    costs wrk enough CPU on two cores to lower every configuration's req/s, and that is not the policy's
+    cost.
 
 wrk (``-t1 -c50 --latency``, the endpoint's Host header sent to 127.0.0.1, which is what any plain-HTTP
 client does, so ``/etc/hosts`` is left alone) measures every configuration in interleaved rounds (each
 round visits all of them, the order rotating between rounds). The table shows medians over rounds,
-p50/p99, the ratio to the 0-rule run, errors (non-2xx or socket errors) and the CPU of the edge and of
-that configuration's agent (% of one core). The target from the issue, "20 rules cost under 15% of
-throughput" (20 rules >= 0.85x the 0-rule req/s), is marked met or missed; the exit status is 0 only
-when it is met. Every child process is stopped at the end, also on Ctrl-C or an error.
+p50/p99, the ratio to the 0-rule run of the same kind (repeated request or new URLs), errors (non-2xx
+or socket errors) and the CPU of the edge and of that configuration's agent (% of one core). The target
+from the issue, "20 rules cost under 15% of throughput" (20 rules >= 0.85x the 0-rule req/s), is marked
+met or missed for both kinds; the exit status is 0 only when both are met. Every child process is
+stopped at the end, also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
@@ -58,12 +62,14 @@ CONFIGS = [
     ("1 add-headers rule", -1),
     ("5 rules", 5),
     ("20 rules", 20),
-    ("20 rules, new URLs", 20),  # every request has a query string never seen before (see VARY)
+    ("0 rules, new URLs", 0),  # every request has a query string never seen before (see VARY)
+    ("20 rules, new URLs", 20),
 ]
 # Configurations whose wrk requests each carry a new query string: a static policy's request phase is
 # then never answered from the endpoint's memo of outcomes (``edge/policy_run.remembered``), so every
 # rule runs, as for traffic that never repeats a request.
-VARY = frozenset({"20 rules, new URLs"})
+VARY_0 = "0 rules, new URLs"  # the baseline of the configurations in VARY
+VARY = frozenset({VARY_0, "20 rules, new URLs"})
 SMALL = "small.bin"
 PLAIN_SERVER = """\
     server {{
@@ -191,8 +197,11 @@ def report(samples: dict[str, list[hp.Sample]]) -> bool:
     def med(name: str, attr: str) -> float:
         return float(statistics.median(getattr(s, attr) for s in samples[name]))
 
-    base = med("0 rules", "rps")
-    head = ["configuration", "req/s", "p50 ms", "p99 ms", "x 0 rules", "errors", "cpu % edge/agent"]
+    def base_of(name: str) -> float:
+        return med(VARY_0 if name in VARY else "0 rules", "rps")
+
+    base = base_of("0 rules")
+    head = ["configuration", "req/s", "p50 ms", "p99 ms", "x its 0 rules", "errors", "cpu % edge/agent"]
     lines = [head]
     for name, _ in CONFIGS:
         cpu = [statistics.median(s.cpu[i] for s in samples[name]) for i in range(len(samples[name][0].cpu))]
@@ -202,7 +211,7 @@ def report(samples: dict[str, list[hp.Sample]]) -> bool:
                 hp.fmt(med(name, "rps")),
                 hp.fmt(med(name, "p50_ms")),
                 hp.fmt(med(name, "p99_ms")),
-                hp.fmt(med(name, "rps") / base),
+                hp.fmt(med(name, "rps") / base_of(name)),
                 str(sum(s.errors for s in samples[name])),
                 "/".join(f"{c:.0f}" for c in cpu),
             ]
@@ -220,9 +229,10 @@ def report(samples: dict[str, list[hp.Sample]]) -> bool:
             print("  ".join("-" * w for w in widths))
 
     trivial, twenty = med("1 trivial rule", "rps"), med("20 rules", "rps")
-    ratio = twenty / base
+    fresh = med("20 rules, new URLs", "rps")
+    ratio, fresh_ratio = twenty / base, fresh / base_of("20 rules, new URLs")
     errors = sum(s.errors for name in samples for s in samples[name])
-    ok = ratio >= TARGET_RATIO and errors == 0
+    ok = ratio >= TARGET_RATIO and fresh_ratio >= TARGET_RATIO and errors == 0
 
     def change(a: float, b: float) -> str:
         return f"{a / b - 1:+.1%} req/s"
@@ -231,9 +241,10 @@ def report(samples: dict[str, list[hp.Sample]]) -> bool:
     print(f"\n  [info] entering the general path (1 trivial rule vs 0 rules): {change(trivial, base)}")
     print(f"  [info] changing the request (1 add-headers vs 1 trivial rule): {change(add_headers, trivial)}")
     print(f"  [info] 19 more rules (20 rules vs 1 trivial rule): {change(twenty, trivial)}")
-    fresh = med("20 rules, new URLs", "rps")
-    print(f"  [info] 20 rules, no request repeated (so none answered from the memo): {change(fresh, base)}")
-    print(f"  [{'met' if ok else 'MISSED'}] 20 rules cost under 15% of throughput: they cost {1 - ratio:.1%}")
+    print(f"  [info] the Lua script in wrk (0 rules, new URLs vs 0 rules): {change(base_of(VARY_0), base)}")
+    for label, r in (("a repeated request", ratio), ("new URLs (every rule runs)", fresh_ratio)):
+        verdict = "met" if r >= TARGET_RATIO else "MISSED"
+        print(f"  [{verdict}] 20 rules cost under 15% of throughput, {label}: they cost {1 - r:.1%}")
     return ok
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from hatchway.edge.tunnels import AgentSession
+from hatchway.policy.model import Conn, EndpointInfo, Exchange, HttpRequest
 
 
 async def proxy_get(
@@ -45,3 +46,25 @@ class EndpointDouble:
         self.request_add: list[tuple[bytes, bytes]] = add or []
         self.rewrite_host = rewrite
         self.request_outcomes: dict[object, object] | None = {} if memo else None
+
+
+def policy_exchange(
+    target: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None
+) -> Exchange:
+    """A Traffic Policy exchange for ``target`` (path and query) on https://app.example.com."""
+    path, _, query = target.partition("?")
+    return Exchange(
+        conn=Conn("198.51.100.7", 40000, "192.0.2.1", 443),
+        endpoint=EndpointInfo("ep_1", "https://app.example.com", "app.example.com", 443, "https"),
+        req=HttpRequest(
+            method,
+            "https",
+            "app.example.com",
+            443,
+            path,
+            query,
+            "1.1",
+            headers or [("Host", "app.example.com")],
+        ),
+        wall=1714564800.0,
+    )

@@ -696,6 +696,11 @@ def _query_fn(name: str) -> Value:
 # exist because each Python call saved is about 0.05-0.1 µs per rule and request.
 
 Truth = Callable[[Exchange], bool]
+# A strict condition as data, for the engine's phase compiler (``policy/phase_code.py``) to write inline:
+# ("method", const, negate), ("path_eq", const, negate), ("path_test", startsWith|endsWith|contains, arg),
+# ("path_matches", search, slow), ("header", lower-case name, closure), ("and"|"or", a, b), ("not", a), or
+# ("call", closure) for any other strict closure. Every form answers exactly what its closure answers.
+Inline = tuple[Any, ...]
 _STR_TESTS: Final[dict[str, Callable[[str, str], bool]]] = {
     "startsWith": str.startswith,
     "endsWith": str.endswith,
@@ -839,10 +844,23 @@ class _Parser:
         self.whole: dict[Bool, Callable[[Truth], Truth]] = {}
         # Value closures that read a variable as such, with its dotted name ("req.url.path").
         self.paths: dict[Value, str] = {}
+        # The strict closures as ``Inline`` data.
+        self.inline: dict[Bool, Inline] = {}
+        # ``req.url.path.matches(re)`` closures (not strict: they defer to CEL where re and RE2 may
+        # differ), with their compiled search.
+        self.path_search: dict[Bool, Callable[[str], Any]] = {}
 
-    def strict_(self, fn: Truth) -> Bool:
+    def strict_(self, fn: Truth, inline: Inline | None = None) -> Bool:
         self.strict.add(fn)
+        self.inline[fn] = inline or ("call", fn)
         return fn
+
+    def joined(self, op: str, left: Bool, right: Bool) -> Bool:
+        """``left && right`` or ``left || right``: strict when both sides are."""
+        if left in self.strict and right in self.strict:
+            fn = _strict_and(left, right) if op == "and" else _strict_or(left, right)
+            return self.strict_(fn, (op, self.inline[left], self.inline[right]))
+        return _and(left, right) if op == "and" else _or(left, right)
 
     def peek(self, ahead: int = 0) -> str:
         at = self.pos + ahead
@@ -869,25 +887,23 @@ class _Parser:
         left = self.conjunction()
         while self.peek() == "||":
             self.take()
-            right = self.conjunction()
-            both = left in self.strict and right in self.strict
-            left = self.strict_(_strict_or(left, right)) if both else _or(left, right)
+            left = self.joined("or", left, self.conjunction())
         return left
 
     def conjunction(self) -> Bool:
         left = self.unary()
         while self.peek() == "&&":
             self.take()
-            right = self.unary()
-            both = left in self.strict and right in self.strict
-            left = self.strict_(_strict_and(left, right)) if both else _and(left, right)
+            left = self.joined("and", left, self.unary())
         return left
 
     def unary(self) -> Bool:
         if self.peek() == "!":
             self.take()
             inner = self.unary()
-            return self.strict_(_strict_not(inner)) if inner in self.strict else _not(inner)
+            if inner in self.strict:
+                return self.strict_(_strict_not(inner), ("not", self.inline[inner]))
+            return _not(inner)
         if self.peek() == "(":
             self.take()
             inner = self.boolean()
@@ -914,12 +930,12 @@ class _Parser:
         a_key, b_key = self.paths.get(a), self.paths.get(b)
         if op in ("==", "!="):
             if a_key in v.STR_LEAVES and type(b_const) is str:
-                return self.strict_(_str_equals(a_key, b_const, op == "!="))
+                return self.equals(a_key, b_const, op == "!=")
             if b_key in v.STR_LEAVES and type(a_const) is str:
-                return self.strict_(_str_equals(b_key, a_const, op == "!="))
+                return self.equals(b_key, a_const, op == "!=")
         elif op == "in":
             if type(a_const) is str and b_key == "req.headers":
-                return self.strict_(_has_req_header(a_const))
+                return self.has_header(a_const)
             if (
                 a_key in v.STR_LEAVES
                 and type(b_const) is list
@@ -928,6 +944,18 @@ class _Parser:
             ):
                 return self.strict_(_str_in(a_key, b_const))
         return _compare(op, a, b, a_const, b_const)
+
+    def equals(self, key: str, const: str, negate: bool) -> Bool:
+        inline = None
+        if key == "req.method":
+            inline = ("method", const, negate)
+        elif key == "req.url.path":
+            inline = ("path_eq", const, negate)
+        return self.strict_(_str_equals(key, const, negate), inline)
+
+    def has_header(self, lname: str) -> Bool:
+        fn = _has_req_header(lname)
+        return self.strict_(fn, ("header", lname, fn))
 
     def constant_at(self, start: int) -> Any:
         """The literal the tokens from ``start`` to here spell, or NO_CONST."""
@@ -1014,10 +1042,13 @@ class _Parser:
         if key not in v.STR_LEAVES:
             return _method(name, recv, arg)
         if name != "matches":
-            return self.strict_(_str_test(name, key, arg))
+            inline = ("path_test", name, arg) if key == "req.url.path" else None
+            return self.strict_(_str_test(name, key, arg), inline)
         search = _regex(arg)
         fn = _str_matches(key, search, None)
         self.whole[fn] = lambda slow: _str_matches(key, search, slow)
+        if key == "req.url.path":
+            self.path_search[fn] = search
         return fn
 
     def call(self, name: str) -> tuple[str, Callable[[Exchange], Any]]:
@@ -1026,7 +1057,7 @@ class _Parser:
             header = self.string()
             self.take(")")
             if name == "hasReqHeader":
-                return "bool", self.strict_(_has_req_header(header.lower()))
+                return "bool", self.has_header(header.lower())
             values = _header_fn("req" if "Req" in name else "res", header)
             if name.startswith("has"):
                 return "bool", lambda ex: bool(values(ex))
@@ -1069,9 +1100,10 @@ class _Parser:
         return "value", lambda ex: _index(fn(ex), at)
 
 
-def fast_condition(toks: list[Tok], slow: Truth) -> tuple[Bool, Truth] | None:
-    """For ``toks`` as a condition: the fast closure (which may answer DEFER or None) and the rule's
-    ``truth`` built on it, which asks ``slow`` (CEL) when the closure defers; None when not covered."""
+def fast_condition(toks: list[Tok], slow: Truth) -> tuple[Bool, Truth, Inline] | None:
+    """For ``toks`` as a condition: the fast closure (which may answer DEFER or None), the rule's
+    ``truth`` built on it, which asks ``slow`` (CEL) when the closure defers, and ``truth`` as ``Inline``
+    data; None when not covered."""
     parser = _Parser(toks)
     try:
         fn = parser.boolean()
@@ -1080,10 +1112,12 @@ def fast_condition(toks: list[Tok], slow: Truth) -> tuple[Bool, Truth] | None:
     if not parser.done():
         return None
     if fn in parser.strict:
-        return fn, fn
+        return fn, fn, parser.inline[fn]
     whole = parser.whole.get(fn)
     if whole is not None:
-        return fn, whole(slow)
+        alone = whole(slow)
+        search = parser.path_search.get(fn)
+        return fn, alone, ("path_matches", search, slow) if search is not None else ("call", alone)
 
     def truth(ex: Exchange) -> bool:
         r = fn(ex)
@@ -1091,7 +1125,7 @@ def fast_condition(toks: list[Tok], slow: Truth) -> tuple[Bool, Truth] | None:
             return True
         return slow(ex) if r is DEFER else False
 
-    return fn, truth
+    return fn, truth, ("call", truth)
 
 
 def fast_value(toks: list[Tok]) -> Value | None:
@@ -1125,6 +1159,7 @@ class CompiledExpression:
         "_kinds",
         "_reads_exchange",
         "_value",
+        "inline",
         "needs",
         "program",
         "source",
@@ -1149,9 +1184,11 @@ class CompiledExpression:
         # closure itself, see fast_condition).
         self.truth: Callable[[Exchange], bool] = self._slow_truth
         self._bool: Bool | None = None
+        # ``truth`` as data the engine's phase compiler can write inline (see ``Inline``).
+        self.inline: Inline = ("call", self._slow_truth)
         found = fast_condition(toks, self._slow_truth)
         if found is not None:
-            self._bool, self.truth = found
+            self._bool, self.truth, self.inline = found
 
     def reads_only(self, names: frozenset[str]) -> bool:
         """Whether the value depends on nothing but the variables ``names`` (and constants)."""

@@ -9,26 +9,9 @@ import pytest
 
 from hatchway.policy.document import CompiledRule
 from hatchway.policy.engine import CompiledPolicy, compile_policy
-from hatchway.policy.model import Conn, EndpointInfo, Exchange, HttpRequest, HttpResponse, Reply
+from hatchway.policy.model import Exchange, HttpResponse, Reply
 
-
-def exchange(path: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None) -> Exchange:
-    path, _, query = path.partition("?")
-    return Exchange(
-        conn=Conn("198.51.100.7", 40000, "192.0.2.1", 443),
-        endpoint=EndpointInfo("ep_1", "https://app.example.com", "app.example.com", 443, "https"),
-        req=HttpRequest(
-            method,
-            "https",
-            "app.example.com",
-            443,
-            path,
-            query,
-            "1.1",
-            headers or [("Host", "app.example.com")],
-        ),
-        wall=1714564800.0,
-    )
+from helpers import policy_exchange as exchange
 
 
 def deny_rule(*expressions: str, status: int = 403) -> dict[str, Any]:
@@ -321,18 +304,20 @@ def test_one_compiled_policy_serves_many_exchanges_independently() -> None:
 
 
 def _url_policy() -> CompiledPolicy:
+    # Conditions on req.url.raw_path and req.url.query: the phase compiler writes those on req.url.path
+    # and req.method inline, where a memo lookup would cost more than the test (see the next test).
     return compile_policy(
         {
             "on_http_request": [
-                deny_rule("req.url.path.startsWith('/admin')", status=401),
+                deny_rule("req.url.raw_path.startsWith('/admin')", status=401),
                 {
-                    "expressions": ["req.url.path == '/old'"],
+                    "expressions": ["req.url.raw_path == '/old'"],
                     "actions": [
                         {"type": "url-rewrite", "config": {"from": "/old$", "to": "/admin"}},
                         {"type": "add-headers", "config": {"headers": {"x-rewritten": "yes"}}},
                     ],
                 },
-                deny_rule("req.url.path == '/admin'", status=410),  # only reachable after the rewrite
+                deny_rule("req.url.raw_path == '/admin'", status=410),  # reachable after the rewrite
                 {
                     "expressions": ["req.method == 'GET' && req.url.query.contains('tag')"],
                     "actions": [{"type": "add-headers", "config": {"headers": {"x-tagged": "1"}}}],
@@ -357,6 +342,28 @@ def test_url_only_rules_share_one_memo_and_answer_as_before() -> None:
     assert len(memo.masks) == 3
 
 
+def test_inline_conditions_take_no_memo_and_see_a_rewritten_url() -> None:
+    policy = compile_policy(
+        {
+            "on_http_request": [
+                deny_rule("req.url.path.startsWith('/admin/')", status=401),
+                {
+                    "expressions": ["req.method == 'GET' && req.url.path == '/old'"],
+                    "actions": [{"type": "url-rewrite", "config": {"from": "/old$", "to": "/admin/x"}}],
+                },
+                deny_rule("req.url.path.matches('^/admin/[a-z]$')", status=410),
+            ]
+        }
+    )
+    assert policy._request_memo is None
+    for _ in range(2):
+        assert policy.on_http_request(exchange("/admin/y")) == Reply(401)
+        ex = exchange("/old")
+        assert policy.on_http_request(ex) == Reply(410)  # the locals were read again after the rewrite
+        assert ex.req.path == "/admin/x"
+        assert policy.on_http_request(exchange("/old", method="POST")) is None
+
+
 def test_after_a_url_rewrite_the_rest_of_the_group_is_evaluated_live() -> None:
     policy = _url_policy()
     for _ in range(2):
@@ -367,12 +374,12 @@ def test_after_a_url_rewrite_the_rest_of_the_group_is_evaluated_live() -> None:
 
 
 def test_the_url_memo_stays_bounded() -> None:
-    from hatchway.policy import engine
+    from hatchway.policy import phase_code
 
     policy = _url_policy()
     memo = policy._request_memo
     assert memo is not None
-    for i in range(engine._MEMO_SIZE + 50):
+    for i in range(phase_code.MEMO_SIZE + 50):
         policy.on_http_request(exchange(f"/p{i}"))
-        assert len(memo.masks) <= engine._MEMO_SIZE
+        assert len(memo.masks) <= phase_code.MEMO_SIZE
     assert policy.on_http_request(exchange("/admin/again")) == Reply(401)

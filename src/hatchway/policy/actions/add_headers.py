@@ -49,7 +49,7 @@ class AddHeaders:
 class AppendRequestHeaders:
     """add-headers on the request with constant values and no Host (the usual case): the ready pairs are
     appended in one call, and the variables told what was appended, so the engine re-checks nothing after
-    it (``dirties``, see engine._Rule)."""
+    it (``dirties``, see phase_code.compile_phase)."""
 
     fixed: tuple[Header, ...]
     needs_body: bool = False
