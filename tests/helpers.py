@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from hatchway.edge.policy_run import OutcomeMemo
 from hatchway.edge.tunnels import AgentSession
 from hatchway.policy.model import Conn, EndpointInfo, Exchange, HttpRequest
 
@@ -45,7 +46,7 @@ class EndpointDouble:
         self.request_remove: set[bytes] = remove or set()
         self.request_add: list[tuple[bytes, bytes]] = add or []
         self.rewrite_host = rewrite
-        self.request_outcomes: dict[object, object] | None = {} if memo else None
+        self.request_outcomes = OutcomeMemo() if memo else None
 
 
 def policy_exchange(

@@ -14,6 +14,7 @@ import hashlib
 import random
 import socket
 import socketserver
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -283,5 +284,49 @@ def test_a_static_policy_answers_each_request_by_its_rules(
             assert status == 200 and body.count(b"x-tag: tagged") == 1 and body.count(b"x-policy") == 1
             status, _, body, _ = c.get("/echo/plain", extra="X-Debug: 1\r\n")
             assert (status, body) == (418, b"debug")
+    finally:
+        c.close()
+
+
+def test_conn_ts_start_is_the_connections_start_for_each_of_its_requests(
+    edge_proc: EdgeProc, agents: Agents, upstream: int, tmp_path: Path
+) -> None:
+    """``conn.ts.start`` is when the client connection started (ngrok's meaning): every request on one
+    kept-alive connection sees the same value, on the general path and the fast one, and a later
+    connection its own."""
+    policy = tmp_path / "policy.yml"
+    policy.write_text(
+        "on_http_request:\n"
+        "  - actions: [{type: add-headers, config: {headers: {x-start: '${conn.ts.start}'}}}]\n"
+    )
+    agent = agents.start("http", str(upstream), "--scheme", "http", "--traffic-policy-file", str(policy))
+
+    def start_seen(c: Client, path: str) -> str:
+        status, _, body, _ = c.get(path)
+        assert status == 200, body
+        (line,) = [ln for ln in body.split(b"\r\n") if ln.lower().startswith(b"x-start:")]
+        return line.split(b":", 1)[1].strip().decode()
+
+    def stamp(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    before = time.time()
+    c = Client(edge_proc, agent.host)
+    after = time.time()
+    try:
+        first = start_seen(c, "/echo/1")  # the general path opens the stream
+        assert first in {stamp(before), stamp(after)}
+        # Let the clock pass into a later second (bounded), so a per-request time would differ.
+        deadline = after + 3
+        while int(time.time()) <= int(after) and time.time() < deadline:
+            time.sleep(0.01)
+        assert int(time.time()) > int(after)
+        assert start_seen(c, "/echo/2") == first  # the fast path
+        assert start_seen(c, "/echo/3") == first
+        d = Client(edge_proc, agent.host)
+        try:
+            assert start_seen(d, "/echo/4") > first
+        finally:
+            d.close()
     finally:
         c.close()

@@ -29,7 +29,10 @@ on_http_request:
     actions: [{type: custom-response, config: {status_code: 202, body: "made for ${req.url.path}"}}]
   - expressions: ["req.url.path == '/hook'"]
     actions: [{type: verify-webhook, config: {provider: github, secret: hook-secret}}]
-  - actions: [{type: add-headers, config: {headers: {x-from-policy: "${req.method}"}}}]
+  - actions:
+      - type: add-headers
+        config:
+          headers: {x-from-policy: "${req.method}", x-tls: "${conn.tls.sni} ${conn.tls.negotiated_alpn}"}
 on_http_response:
   - actions: [{type: add-headers, config: {headers: {x-status: "${string(res.status_code)}"}}}]
 """
@@ -68,7 +71,9 @@ def test_policy_and_modules_over_both_protocols(
     status, headers, body = get("/seen", *auth, "-H", "Accept-Encoding: gzip")
     assert status == 200 and headers["content-encoding"] == "gzip" and headers["x-status"] == "200"
     seen = json.loads(gzip.decompress(body))
-    assert {k.lower(): v for k, v in seen["headers"]}["x-from-policy"] == "GET"
+    sent = {k.lower(): v for k, v in seen["headers"]}
+    assert sent["x-from-policy"] == "GET"
+    assert sent["x-tls"] == f"{agent.host} {'h2' if http == '2' else 'http/1.1'}"  # conn.tls.* of this client
     payload = b'{"action": "opened"}'
     good = "sha256=" + hmac.new(b"hook-secret", payload, hashlib.sha256).hexdigest()
     hook = ("-X", "POST", "--data-binary", payload.decode(), "-H", "Content-Type: application/json")

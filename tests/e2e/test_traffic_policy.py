@@ -346,6 +346,7 @@ on_http_request:
           headers:
             X-Added: "by policy for ${req.method} ${req.url.path}"
             x-client-ip: "${conn.client_ip}"
+            x-tls: "${conn.tls.version} ${conn.tls.sni}"
       - type: remove-headers
         config:
           headers: [x-secret, X-Other-Secret]
@@ -375,6 +376,8 @@ on_http_response:
     seen = res.seen()
     assert seen["x-added"] == ["by policy for GET /hdr"]
     assert seen["x-client-ip"] == ["127.0.0.1"]
+    assert agent.url.startswith("https://")  # conn.tls.* of the client's connection to the edge
+    assert seen["x-tls"] == [f"TLSv1.3 {agent.host}"]
     assert "x-secret" not in seen and "x-other-secret" not in seen
     assert seen["x-kept"] == ["yes"]
     # Response side: what the client sees.

@@ -291,11 +291,12 @@ class Edge:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secret + "\n")
 
-    def _factory(self, scheme: str) -> Callable[[], Http1Connection | HttpsConnection]:
-        def make() -> Http1Connection | HttpsConnection:
-            # HTTPS clients get HTTP/2 or HTTP/1.1 by ALPN; plain HTTP is HTTP/1.1 only.
+    def _factory(self, scheme: str) -> Callable[..., Http1Connection | HttpsConnection]:
+        def make(sni: str = "") -> Http1Connection | HttpsConnection:
+            # HTTPS clients get HTTP/2 or HTTP/1.1 by ALPN; plain HTTP is HTTP/1.1 only. ``sni``: the
+            # server name of an HTTPS client's ClientHello (TlsAcceptor passes it).
             conn: Http1Connection | HttpsConnection = (
-                HttpsConnection(self.registry, self._clients.discard)
+                HttpsConnection(self.registry, self._clients.discard, sni=sni)
                 if scheme == "https"
                 else Http1Connection(
                     self.registry,

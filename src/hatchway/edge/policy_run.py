@@ -195,9 +195,7 @@ class PolicyRun:
 
     _wire: _Wire
 
-    def __init__(
-        self, ep: Endpoint, policy: CompiledPolicy, req: Request, tls: TlsInfo | None = None
-    ) -> None:
+    def __init__(self, ep: Endpoint, policy: CompiledPolicy, req: Request, conn: Conn | None = None) -> None:
         self.policy = policy
         self.encoder: Encoder | None = None
         self.closes_connection = False  # on_tcp_connect denied: close without an HTTP answer
@@ -236,7 +234,8 @@ class PolicyRun:
         )
         r.__class__ = _WireRequest
         wall = time.time()
-        conn = Conn(req.client_ip, req.client_port, "", 0, tls, wall)
+        if conn is None:
+            conn = Conn(req.client_ip, req.client_port, "", 0, None, wall)
         # Every field positionally, the containers as literals: cheaper than keywords and default factories.
         self.ex = Exchange(conn, endpoint, r, None, time.monotonic(), wall, {}, {}, [], "", [], None, {})
 
@@ -348,9 +347,7 @@ class PolicyRun:
         memo = ep.request_outcomes
         if memo is None or self.outcome is None or self.ex.on_complete or self.ex.logs:
             return
-        if len(memo) >= _OUTCOMES:
-            memo.clear()
-        memo[key] = self.outcome
+        memo.keep(key, self.outcome)
 
     @staticmethod
     def _set_headers(req: Request, headers: hh.Headers) -> None:
@@ -425,6 +422,43 @@ Outcome = tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]  # headers a
 OutcomeKey = tuple[bytes, str, bytes, tuple[tuple[bytes, bytes], ...]]
 _NOTHING: Outcome = ((), ())
 _OUTCOMES = 1024  # per endpoint; cleared when full, as the engine's URL memo
+_REST = 16  # a memo full of entries hardly ever asked again rests for this many times _OUTCOMES requests
+
+
+class OutcomeMemo:
+    """An endpoint's remembered outcomes, bounded, and resting while they do not pay off.
+
+    Keeping an outcome costs about as much as a replay saves when requests never repeat (every request
+    with its own query string, say): its key and the request's header lines stay alive until the memo is
+    cleared, and the clearing frees them all at once. So when the memo fills up with fewer than one hit
+    for every four entries, it stops taking new ones for ``_REST`` times ``_OUTCOMES`` requests (those
+    it has still answer), then starts over empty."""
+
+    __slots__ = ("entries", "hits", "rest")
+
+    def __init__(self) -> None:
+        self.entries: dict[OutcomeKey, Outcome] = {}
+        self.hits = 0  # replays since the memo last started over
+        self.rest = 0  # requests left before it takes entries again
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def keep(self, key: OutcomeKey, outcome: Outcome) -> None:
+        entries = self.entries
+        if self.rest:
+            self.rest -= 1
+            if self.rest:
+                return
+            entries.clear()
+            self.hits = 0
+        elif len(entries) >= _OUTCOMES:
+            if self.hits * 4 < len(entries):
+                self.rest = _REST * _OUTCOMES
+                return
+            entries.clear()
+            self.hits = 0
+        entries[key] = outcome
 
 
 def outcome_key(req: Request) -> OutcomeKey:
@@ -435,9 +469,12 @@ def outcome_key(req: Request) -> OutcomeKey:
 def remembered(ep: Endpoint, key: OutcomeKey, req: Request) -> bool:
     """Apply the remembered outcome of the request phase for ``key`` to ``req``; False: none yet."""
     memo = ep.request_outcomes
-    found = memo.get(key) if memo is not None else None
+    if memo is None:
+        return False
+    found = memo.entries.get(key)
     if found is None:
         return False
+    memo.hits += 1
     if found[0]:
         append_encoded(req, list(found[0]), list(found[1]))
     return True
@@ -456,7 +493,15 @@ def append_encoded(req: Request, new: hh.Headers, lower: list[bytes]) -> None:
     req.headers = headers
 
 
-def tls_info(transport: asyncio.BaseTransport | None) -> TlsInfo | None:
+def connection_info(
+    transport: asyncio.BaseTransport | None, client_ip: str, client_port: int, started: float, sni: str = ""
+) -> Conn:
+    """``conn.*`` of a client connection accepted at ``started`` (unix seconds) whose ClientHello asked
+    for ``sni``, made once per connection: its requests share it (nothing changes a ``Conn``)."""
+    return Conn(client_ip, client_port, "", 0, tls_info(transport, sni), started)
+
+
+def tls_info(transport: asyncio.BaseTransport | None, sni: str = "") -> TlsInfo | None:
     """``conn.tls.*`` for a client connection (None for plain HTTP)."""
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_object is None:
@@ -465,7 +510,7 @@ def tls_info(transport: asyncio.BaseTransport | None) -> TlsInfo | None:
     return TlsInfo(
         version=ssl_object.version() or "",
         cipher_suite=cipher[0] if cipher else "",
-        sni=getattr(ssl_object, "server_hostname", None) or "",
+        sni=sni,  # (a server-side SSLObject's server_hostname is always None)
         negotiated_alpn=ssl_object.selected_alpn_protocol() or "",
     )
 

@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from hatchway.edge import domains, modules
 from hatchway.edge.tcp import NOT_SERVED, TcpRefused
@@ -32,6 +32,7 @@ from hatchway.store.base import DomainError
 from hatchway.wire import messages as m
 
 if TYPE_CHECKING:
+    from hatchway.edge.policy_run import OutcomeMemo
     from hatchway.edge.verify import DomainProblem
     from hatchway.policy.actions.terminate_tls import TerminateTls
     from hatchway.policy.engine import CompiledPolicy
@@ -66,7 +67,7 @@ class Endpoint:
     fast_add: bytes | None = b""
     policy: CompiledPolicy | None = None  # modules and Traffic Policy (``edge/modules.py``); None: none
     # Outcomes of a static request phase by request (``policy_run.remembered``); None: not static.
-    request_outcomes: dict[Any, Any] | None = None
+    request_outcomes: OutcomeMemo | None = None
     ws_tcp: bool = False  # the WebSocket-TCP converter: WebSocket clients, a raw TCP upstream
     tls: TlsTerms | None = None  # terminate-tls: applied by SNI at the handshake (``tls/certs.py``)
 
@@ -266,7 +267,9 @@ class Registry:
         if policy is not None:
             ep.policy = policy
             if policy.static_request:
-                ep.request_outcomes = {}
+                from hatchway.edge.policy_run import OutcomeMemo
+
+                ep.request_outcomes = OutcomeMemo()
             # The fast path runs request-phase rules only (no body to read, no response head to change).
             if policy.needs_request_body or policy.has_response_phase or policy.has_tcp_phase:
                 ep.fast_add = None

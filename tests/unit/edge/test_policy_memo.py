@@ -173,3 +173,46 @@ def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert run.answer(req, b"") is None
         run.remember(ep, key)
         assert len(ep.request_outcomes) <= 8
+
+
+def _fill(ep: Any, policy: Any, paths: list[str]) -> int:
+    """Requests for ``paths`` as the listener makes them; returns how many were replayed."""
+    replayed = 0
+    for path in paths:
+        req = _request(b"GET", path.encode(), [(b"Host", b"app.hatchway.localhost")])
+        key = outcome_key(req)
+        if remembered(ep, key, req):
+            replayed += 1
+            continue
+        run = PolicyRun(ep, policy, req)
+        assert run.answer(req, b"") is None
+        run.remember(ep, key)
+    return replayed
+
+
+def test_a_memo_that_does_not_pay_off_rests_then_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy_run, "_OUTCOMES", 8)
+    monkeypatch.setattr(policy_run, "_REST", 2)  # 16 requests
+    policy = compile_policy(STATIC)
+    ep: Any = EndpointDouble(memo=True)
+    memo = ep.request_outcomes
+    # Repeats: the memo keeps paying off and starts over when full, as before.
+    assert _fill(ep, policy, [f"/r{i % 4}" for i in range(40)]) == 36
+    assert memo.rest == 0
+    # Requests that never repeat: the memo starts over once (its hits were from before), fills up again
+    # without a hit, and then takes nothing new for 16 requests...
+    assert _fill(ep, policy, [f"/new{i}" for i in range(13)]) == 0
+    assert memo.rest == 16 and len(memo) == 8
+    kept = dict(memo.entries)
+    _fill(ep, policy, [f"/other{i}" for i in range(15)])
+    assert memo.entries == kept
+    # ...while what it holds still answers (and exactly as running the rules would).
+    assert _fill(ep, policy, [next(iter(kept))[2].decode()]) == 1
+    # Then it starts over with the requests of now.
+    _fill(ep, policy, ["/now"])
+    assert memo.rest == 0 and list(memo.entries) == [outcome_key(_now())]
+    assert _fill(ep, policy, ["/now"]) == 1
+
+
+def _now() -> Request:
+    return _request(b"GET", b"/now", [(b"Host", b"app.hatchway.localhost")])

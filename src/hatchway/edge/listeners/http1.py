@@ -26,8 +26,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import cast
 
 import httptools
 
@@ -35,10 +36,10 @@ from hatchway.edge import errors
 from hatchway.edge.policy_run import (
     MAX_POLICY_BODY,
     PolicyRun,
+    connection_info,
     outcome_key,
     remembered,
     reply_bytes,
-    tls_info,
 )
 from hatchway.edge.proxy import Request, client_head, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
@@ -60,7 +61,7 @@ from hatchway.http.h1 import (
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
 from hatchway.policy.compress import Encoder
-from hatchway.policy.model import Reply, TlsInfo
+from hatchway.policy.model import Conn, Reply
 from hatchway.wire.frames import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -184,8 +185,10 @@ class Http1Connection(asyncio.Protocol):
         scheme: str,
         on_close: Callable[[Http1Connection], None],
         acme: Callable[[str], bytes | None] | None = None,
+        sni: str = "",
     ) -> None:
         self.registry = registry
+        self.sni = sni  # the server name of the TLS ClientHello (conn.tls.sni), "" for plain HTTP
         self.scheme = scheme
         self._on_close = on_close
         # HTTP-01 answers (token -> key authorization) of the edge's ACME manager; None: ACME is off.
@@ -225,12 +228,13 @@ class Http1Connection(asyncio.Protocol):
         self._stream: MuxStream | None = None
         self._stream_ep: Endpoint | None = None
         self._fast: _Fast | None = None
-        self._tls_info: TlsInfo | Literal[False] | None = False  # False: not looked up yet
+        self.conn_info: Conn | None = None  # conn.* for policies (connection_made)
 
     # ---- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.client_ip, self.client_port = tune(transport)
+        self.conn_info = connection_info(transport, self.client_ip, self.client_port, time.time(), self.sni)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
@@ -424,7 +428,7 @@ class Http1Connection(asyncio.Protocol):
             key = outcome_key(req) if ep.request_outcomes is not None else None
             reply = None
             if key is None or not remembered(ep, key, req):
-                run = PolicyRun(ep, ep.policy, req, self._tls())
+                run = PolicyRun(ep, ep.policy, req, self.conn_info)
                 reply = run.answer(req, b"")
                 if key is not None and reply is None:
                     run.remember(ep, key)
@@ -659,12 +663,6 @@ class Http1Connection(asyncio.Protocol):
         await self._drain()
         return not close
 
-    def _tls(self) -> TlsInfo | None:
-        """``conn.tls.*`` for policies, looked up once per connection."""
-        if self._tls_info is False:
-            self._tls_info = tls_info(self.transport)
-        return self._tls_info
-
     async def _send_reply(self, reply: Reply, req: Request, body: Body) -> bool:
         """An answer the policy made (deny, custom-response, basic-auth's 401...)."""
         close = not req.keep_alive or not body.eof or req.upgrade
@@ -682,7 +680,7 @@ class Http1Connection(asyncio.Protocol):
         key = outcome_key(req) if ep.request_outcomes is not None else None
         if key is not None and remembered(ep, key, req):
             return None, None
-        run = PolicyRun(ep, ep.policy, req, self._tls())
+        run = PolicyRun(ep, ep.policy, req, self.conn_info)
         reply = run.tcp_connect()
         if reply is None:
             data = await body.peek_all(MAX_POLICY_BODY) if run.needs_body and req.has_body else b""

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import cast
 
@@ -31,7 +32,7 @@ import h2.exceptions
 import h2.settings
 
 from hatchway.edge import errors
-from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, reply_bytes, tls_info
+from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, connection_info, reply_bytes
 from hatchway.edge.proxy import Request, response_headers, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
@@ -50,7 +51,7 @@ from hatchway.http.h1 import (
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
 from hatchway.policy.compress import Encoder
-from hatchway.policy.model import Reply
+from hatchway.policy.model import Conn, Reply
 from hatchway.wire.frames import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -209,8 +210,11 @@ def _wake(fut: asyncio.Future[None] | None) -> None:
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 client connection on the HTTPS listener."""
 
-    def __init__(self, registry: Registry, scheme: str, on_close: Callable[[Http2Connection], None]) -> None:
+    def __init__(
+        self, registry: Registry, scheme: str, on_close: Callable[[Http2Connection], None], sni: str = ""
+    ) -> None:
         self.registry = registry
+        self.sni = sni  # the server name of the TLS ClientHello (conn.tls.sni)
         self.scheme = scheme
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
@@ -229,11 +233,13 @@ class Http2Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.closed = False
+        self.conn_info: Conn | None = None  # conn.* for policies (connection_made)
 
     # ---- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.client_ip, self.client_port = tune(transport)
+        self.conn_info = connection_info(transport, self.client_ip, self.client_port, time.time(), self.sni)
         self.h2.initiate_connection()
         codes = h2.settings.SettingCodes
         self.h2.update_settings(
@@ -522,7 +528,7 @@ class Http2Connection(asyncio.Protocol):
             return
         run: PolicyRun | None = None
         if ep.policy is not None:
-            run = PolicyRun(ep, ep.policy, req, tls_info(self.transport))
+            run = PolicyRun(ep, ep.policy, req, self.conn_info)
             if await self._policy_request(st, run, req):
                 return
         try:

@@ -20,10 +20,15 @@ class HttpsConnection(asyncio.Protocol):
     """One TLS client connection; ``inner`` is the HTTP/1.1 or HTTP/2 protocol object serving it."""
 
     def __init__(
-        self, registry: Registry, on_close: Callable[[HttpsConnection], None], scheme: str = "https"
+        self,
+        registry: Registry,
+        on_close: Callable[[HttpsConnection], None],
+        scheme: str = "https",
+        sni: str = "",
     ) -> None:
         self.registry = registry
         self.scheme = scheme
+        self.sni = sni  # the server name the ClientHello asked for (read before the handshake)
         self._on_close = on_close
         self.inner: Http1Connection | Http2Connection | None = None
 
@@ -57,9 +62,9 @@ class HttpsConnection(asyncio.Protocol):
         proto = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         done = self._closed
         self.inner = (
-            Http2Connection(self.registry, self.scheme, done)
+            Http2Connection(self.registry, self.scheme, done, self.sni)
             if proto == "h2"
-            else Http1Connection(self.registry, self.scheme, done)
+            else Http1Connection(self.registry, self.scheme, done, sni=self.sni)
         )
         self.inner.connection_made(transport)
 

@@ -35,12 +35,13 @@ Choose = Callable[[Hello | None], ssl.SSLContext]
 
 
 class TlsAcceptor:
-    """Listens on ``sock``; each connection gets ``factory()`` as its protocol over TLS."""
+    """Listens on ``sock``; each connection gets ``factory(server_name)`` as its protocol over TLS, with
+    the server name its ClientHello asked for ("" without SNI)."""
 
     def __init__(
         self,
         sock: socket.socket,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[str], asyncio.Protocol],
         choose: Choose,
         backlog: int = 1024,
     ) -> None:
@@ -58,7 +59,7 @@ class TlsAcceptor:
 
     @classmethod
     def listen(
-        cls, host: str, port: int, factory: Callable[[], asyncio.Protocol], choose: Choose
+        cls, host: str, port: int, factory: Callable[[str], asyncio.Protocol], choose: Choose
     ) -> TlsAcceptor:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -133,14 +134,14 @@ class TlsAcceptor:
             logger.exception("choosing the TLS context failed")
             conn.close()
             return
-        task = self._loop.create_task(self._connect(conn, ctx))
+        task = self._loop.create_task(self._connect(conn, ctx, (hello and hello.server_name) or ""))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _connect(self, conn: socket.socket, ctx: ssl.SSLContext) -> None:
+    async def _connect(self, conn: socket.socket, ctx: ssl.SSLContext, server_name: str) -> None:
         try:
             await self._loop.connect_accepted_socket(
-                self._factory, conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                lambda: self._factory(server_name), conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             # A failed handshake (no client certificate, an old TLS version, ...) ends that connection only.
