@@ -71,7 +71,8 @@ def one(policy: CompiledPolicy | None, ep: Any = EP, new_path: bool = False) -> 
     """What the listener does per request (``Http1Connection._fast_start``)."""
     req = request(new_path)
     if policy is not None:
-        key = outcome_key(req) if ep.request_outcomes is not None else None
+        memo = ep.request_outcomes
+        key = outcome_key(req) if memo is not None and memo.active() else None
         if key is None or not remembered(ep, key, req):
             run = PolicyRun(ep, policy, req)
             if run.request(req) is None and key is not None:

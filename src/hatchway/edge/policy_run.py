@@ -426,38 +426,40 @@ _REST = 16  # a memo full of entries hardly ever asked again rests for this many
 
 
 class OutcomeMemo:
-    """An endpoint's remembered outcomes, bounded, and resting while they do not pay off.
+    """An endpoint's remembered outcomes, bounded, and off for a while when they do not pay off.
 
     Keeping an outcome costs about as much as a replay saves when requests never repeat (every request
-    with its own query string, say): its key and the request's header lines stay alive until the memo is
-    cleared, and the clearing frees them all at once. So when the memo fills up with fewer than one hit
-    for every four entries, it stops taking new ones for ``_REST`` times ``_OUTCOMES`` requests (those
-    it has still answer), then starts over empty."""
+    with its own query string, say): its key is built and looked up, and the request's header lines stay
+    alive until the memo is cleared. So when the memo fills up with fewer than one replay for every four
+    entries, it empties and rests: for the next ``_REST`` times ``_OUTCOMES`` requests it is neither
+    asked nor filled (``active`` says so to the listener), then it starts over."""
 
     __slots__ = ("entries", "hits", "rest")
 
     def __init__(self) -> None:
         self.entries: dict[OutcomeKey, Outcome] = {}
         self.hits = 0  # replays since the memo last started over
-        self.rest = 0  # requests left before it takes entries again
+        self.rest = 0  # requests left before it is used again
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def active(self) -> bool:
+        """Whether to use the memo for this request (a resting memo counts it and says no)."""
+        if not self.rest:
+            return True
+        self.rest -= 1
+        return False
+
     def keep(self, key: OutcomeKey, outcome: Outcome) -> None:
         entries = self.entries
-        if self.rest:
-            self.rest -= 1
-            if self.rest:
-                return
-            entries.clear()
-            self.hits = 0
-        elif len(entries) >= _OUTCOMES:
+        if len(entries) >= _OUTCOMES:
             if self.hits * 4 < len(entries):
                 self.rest = _REST * _OUTCOMES
-                return
             entries.clear()
             self.hits = 0
+            if self.rest:
+                return
         entries[key] = outcome
 
 

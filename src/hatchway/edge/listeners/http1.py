@@ -425,7 +425,8 @@ class Http1Connection(asyncio.Protocol):
         if ep.policy is not None:
             # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well,
             # or their outcome for this very request is replayed (``policy_run.remembered``).
-            key = outcome_key(req) if ep.request_outcomes is not None else None
+            memo = ep.request_outcomes
+            key = outcome_key(req) if memo is not None and memo.active() else None
             reply = None
             if key is None or not remembered(ep, key, req):
                 run = PolicyRun(ep, ep.policy, req, self.conn_info)
@@ -677,7 +678,8 @@ class Http1Connection(asyncio.Protocol):
         """Run the endpoint's connect and request phases (reading a bounded body first if asked); no run
         when a static request phase's outcome was replayed (``policy_run.remembered``)."""
         assert ep.policy is not None
-        key = outcome_key(req) if ep.request_outcomes is not None else None
+        memo = ep.request_outcomes
+        key = outcome_key(req) if memo is not None and memo.active() else None
         if key is not None and remembered(ep, key, req):
             return None, None
         run = PolicyRun(ep, ep.policy, req, self.conn_info)
