@@ -407,9 +407,10 @@ def host_override_script(work: Path, url: str) -> tuple[str, list[str]]:
 
 
 def run_wrk(
-    bench: Bench, target: str, url: str, args: argparse.Namespace, duration: float, vary: bool = False
+    bench: Bench, target: str, url: str, args: argparse.Namespace, duration: float, vary: str = ""
 ) -> Sample:
-    """One wrk run; ``vary``: each request gets its own query string (``?n=1``, ``?n=2``...)."""
+    """One wrk run; ``vary``: each request gets its own query string (``"query"``: ``?n=1``, ``?n=2``...)
+    or its own path (``"path"``: ``/1``, ``/2``... appended to the URL's path)."""
     extra: list[str] = []
     if not bench.hosts_ok and target.startswith("hatchway"):
         base, extra = host_override_script(bench.work, url)
@@ -417,10 +418,11 @@ def run_wrk(
     if vary:
         script = Path(extra[1]).read_text() if extra else ""
         path = "/" + url.split("/", 3)[3]
-        lua = bench.work / ("vary-" + (Path(extra[1]).name if extra else "direct.lua"))  # one per host
+        # One script per host and kind.
+        lua = bench.work / (f"vary-{vary}-" + (Path(extra[1]).name if extra else "direct.lua"))
         counter = (
             "local n = 0\nrequest = function()\n  n = n + 1\n"
-            f'  return wrk.format(nil, "{path}?n=" .. n)\nend\n'
+            f'  return wrk.format(nil, "{path}{"?n=" if vary == "query" else "/"}" .. n)\nend\n'
         )
         lua.write_text(script + counter)
         extra = ["-s", str(lua)]

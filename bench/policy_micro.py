@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hatchway.edge.policy_run import OutcomeMemo, PolicyRun, outcome_key, remembered
+from hatchway.edge.policy_run import OutcomeMemo, PolicyRun, remembered
 from hatchway.edge.proxy import Request, upstream_head
 from hatchway.policy.engine import CompiledPolicy, compile_policy
 from policy_rules import policy_for
@@ -72,7 +72,7 @@ def one(policy: CompiledPolicy | None, ep: Any = EP, new_path: bool = False) -> 
     req = request(new_path)
     if policy is not None:
         memo = ep.request_outcomes
-        key = outcome_key(req) if memo is not None and memo.active() else None
+        key = memo.key(req) if memo is not None and memo.active() else None
         if key is None or not remembered(ep, key, req):
             run = PolicyRun(ep, policy, req)
             if run.request(req) is None and key is not None:

@@ -419,7 +419,8 @@ class PolicyRun:
 # an exchange: a few dict operations instead of every rule. Answers are not remembered (they run in full).
 
 Outcome = tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]  # headers appended, their lower names
-OutcomeKey = tuple[bytes, str, bytes, tuple[tuple[bytes, bytes], ...]]
+# (method, Host, target, whether the target's query was left out, header lines)
+OutcomeKey = tuple[bytes, str, bytes, bool, tuple[tuple[bytes, bytes], ...]]
 _NOTHING: Outcome = ((), ())
 _OUTCOMES = 1024  # per endpoint; cleared when full, as the engine's URL memo
 _REST = 16  # a memo full of entries hardly ever asked again rests for this many times _OUTCOMES requests
@@ -432,17 +433,24 @@ class OutcomeMemo:
     with its own query string, say): its key is built and looked up, and the request's header lines stay
     alive until the memo is cleared. So when the memo fills up with fewer than one replay for every four
     entries, it empties and rests: for the next ``_REST`` times ``_OUTCOMES`` requests it is neither
-    asked nor filled (``active`` says so to the listener), then it starts over."""
+    asked nor filled (``active`` says so to the listener), then it starts over.
 
-    __slots__ = ("entries", "hits", "rest")
+    ``query_free``: the phase reads nothing of the query string (``CompiledPolicy.static_query_free``),
+    so requests that differ only in their query share an entry (``outcome_key``)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("entries", "hits", "query_free", "rest")
+
+    def __init__(self, query_free: bool = False) -> None:
+        self.query_free = query_free
         self.entries: dict[OutcomeKey, Outcome] = {}
         self.hits = 0  # replays since the memo last started over
         self.rest = 0  # requests left before it is used again
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def key(self, req: Request) -> OutcomeKey:
+        return outcome_key(req, self.query_free)
 
     def active(self) -> bool:
         """Whether to use the memo for this request (a resting memo counts it and says no)."""
@@ -463,9 +471,15 @@ class OutcomeMemo:
         entries[key] = outcome
 
 
-def outcome_key(req: Request) -> OutcomeKey:
-    """What a static request phase reads (the scheme and port are the endpoint's own)."""
-    return (req.method, req.host, req.target, tuple(req.headers))
+def outcome_key(req: Request, query_free: bool = False) -> OutcomeKey:
+    """What a static request phase reads (the scheme and port are the endpoint's own); with
+    ``query_free``, a non-empty query string is left out (a bare "?" is not: running the rules drops it
+    from the target, which a replay would not)."""
+    if query_free:
+        path, _, query = req.target.partition(b"?")
+        if query:
+            return (req.method, req.host, path, True, tuple(req.headers))
+    return (req.method, req.host, req.target, False, tuple(req.headers))
 
 
 def remembered(ep: Endpoint, key: OutcomeKey, req: Request) -> bool:

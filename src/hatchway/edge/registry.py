@@ -269,7 +269,7 @@ class Registry:
             if policy.static_request:
                 from hatchway.edge.policy_run import OutcomeMemo
 
-                ep.request_outcomes = OutcomeMemo()
+                ep.request_outcomes = OutcomeMemo(policy.static_query_free)
             # The fast path runs request-phase rules only (no body to read, no response head to change).
             if policy.needs_request_body or policy.has_response_phase or policy.has_tcp_phase:
                 ep.fast_add = None

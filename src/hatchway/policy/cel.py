@@ -259,6 +259,7 @@ class _Scan(NamedTuple):
     text: str  # the source with bare ``req.url`` & co rewritten
     needs: frozenset[str]  # "req.url", "vars.*": what the activation must carry
     problems: list[str]
+    paths: frozenset[str]  # the variables read, as far as the dots go: "req.url.path", "req.headers"
 
 
 def _is_value_end(tok: Tok) -> bool:
@@ -278,6 +279,7 @@ def _unknown(path: list[str], name: str, node: Any) -> str:
 def scan(source: str, toks: list[Tok], phase: str | None) -> _Scan:
     inserts: list[tuple[int, str]] = []
     needs: set[str] = set()
+    paths: set[str] = set()
     problems: list[str] = []
     n = len(toks)
     for i, tok in enumerate(toks):
@@ -319,6 +321,7 @@ def scan(source: str, toks: list[Tok], phase: str | None) -> _Scan:
             dual = v.DUAL.get(".".join(path))
             if dual is not None and not (j < n and toks[j].text == "["):
                 inserts.append((toks[j - 1].end, f".{dual}"))
+        paths.add(".".join(path))
         if root in v.WHOLE or len(path) == 1:
             needs.add(f"{root}.*")
         else:
@@ -326,7 +329,7 @@ def scan(source: str, toks: list[Tok], phase: str | None) -> _Scan:
     text = source
     for at, piece in sorted(inserts, reverse=True):
         text = text[:at] + piece + text[at:]
-    return _Scan(text, frozenset(needs), list(dict.fromkeys(problems)))
+    return _Scan(text, frozenset(needs), list(dict.fromkeys(problems)), frozenset(paths))
 
 
 def _check_cidr_literals(toks: list[Tok]) -> list[str]:
@@ -1161,6 +1164,7 @@ class CompiledExpression:
         "_value",
         "inline",
         "needs",
+        "paths",
         "program",
         "source",
         "text",
@@ -1168,11 +1172,20 @@ class CompiledExpression:
         "wide",
     )
 
-    def __init__(self, source: str, text: str, program: Any, needs: frozenset[str], toks: list[Tok]) -> None:
+    def __init__(
+        self,
+        source: str,
+        text: str,
+        program: Any,
+        needs: frozenset[str],
+        toks: list[Tok],
+        paths: frozenset[str] = frozenset(),
+    ) -> None:
         self.source = source
         self.text = text  # what CEL compiled (bare struct names rewritten)
         self.program = program
         self.needs = needs  # the variables it reads
+        self.paths = paths  # and exactly which parts of them (see _Scan)
         self._kinds = v.kinds_of(needs)
         self.wide = needs  # what an activation built for it carries (see PolicyEnv.share_needs)
         self._build = env().Activation
@@ -1193,6 +1206,10 @@ class CompiledExpression:
     def reads_only(self, names: frozenset[str]) -> bool:
         """Whether the value depends on nothing but the variables ``names`` (and constants)."""
         return not self._reads_exchange and self.needs <= names
+
+    def reads_only_paths(self, paths: frozenset[str]) -> bool:
+        """``reads_only`` by dotted path: ``req.url.path`` but not the rest of ``req.url``."""
+        return not self._reads_exchange and self.paths <= paths
 
     @property
     def fast(self) -> bool:
@@ -1265,7 +1282,7 @@ def compile_expression(
     if problems:
         raise CelCompileError("; ".join(problems))
     text_toks = lex(found.text) if found.text != source else toks
-    return CompiledExpression(source, found.text, program, found.needs, text_toks or [])
+    return CompiledExpression(source, found.text, program, found.needs, text_toks or [], found.paths)
 
 
 def to_text(value: Any) -> str:

@@ -27,6 +27,9 @@ __all__ = ["EMPTY", "INTERPOLATION_ERROR", "CompiledPolicy", "compile_policy"]
 # What a "static" request-phase condition may read: the answer is then the same for the same request
 # line, Host and headers.
 _STATIC_VARS = URL_VARS | {"req.headers"}
+# ... and of those, what leaves the query string out (by dotted path: ``req.url`` as a whole has it): a
+# static phase reading only these gives the same outcome for requests that differ only in their query.
+_QUERY_FREE_PATHS = frozenset({"req.method", "req.url.path", "req.url.raw_path", "req.headers"})
 
 
 def _static_request(rules: Sequence[CompiledRule]) -> bool:
@@ -56,6 +59,7 @@ class CompiledPolicy:
         "has_tcp_phase",
         "needs_request_body",
         "rules",
+        "static_query_free",
         "static_request",
         "tls",
     )
@@ -74,6 +78,9 @@ class CompiledPolicy:
         self.needs_request_body = any(a.needs_body for r in self.rules["on_http_request"] for a in r.actions)
         self.static_request = (
             self._tcp is None and self._response is None and _static_request(self.rules["on_http_request"])
+        )
+        self.static_query_free = self.static_request and all(
+            c.reads_only_paths(_QUERY_FREE_PATHS) for r in self.rules["on_http_request"] for c in r.conditions
         )
 
     def on_tcp_connect(self, ex: Exchange) -> Reply | None:

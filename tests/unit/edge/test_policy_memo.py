@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hatchway.edge import policy_run
-from hatchway.edge.policy_run import PolicyRun, outcome_key, remembered
+from hatchway.edge.policy_run import OutcomeMemo, PolicyRun, outcome_key, remembered
 from hatchway.edge.proxy import Request, upstream_head
 from hatchway.http import headers as hh
 from hatchway.policy.engine import compile_policy
@@ -158,6 +158,52 @@ def test_a_replayed_outcome_is_what_running_the_rules_gives(
         return
     replayed = remembered(ep, outcome_key(again), again)
     assert replayed == target.startswith(b"/")  # an absolute-form target is written back: not kept
+    if replayed:
+        assert _head(again) == _head(fresh)
+
+
+# STATIC without its rule on req.url.query: nothing of it reads the query string.
+QUERY_FREE = {"on_http_request": [r for r in STATIC["on_http_request"] if "req.url.query" not in str(r)]}
+_QUERIES = st.sampled_from([b"", b"?", b"?a=1", b"?a=2&b", b"?deny"])
+
+
+def test_only_a_phase_that_ignores_the_query_shares_entries_across_queries() -> None:
+    assert compile_policy(QUERY_FREE).static_query_free
+    assert not compile_policy(STATIC).static_query_free  # its last rule reads req.url.query
+    raw = {"on_http_request": [{"expressions": ["req.url.raw_path == '/a'"], "actions": [{"type": "deny"}]}]}
+    assert compile_policy(raw).static_query_free
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from([b"GET", b"POST"]),
+    path=st.sampled_from([b"/", b"/api/x", b"/api"]),
+    first_query=_QUERIES,
+    query=_QUERIES,
+    headers=_HEADERS,
+)
+def test_a_query_free_replay_is_what_running_the_rules_gives(
+    method: bytes, path: bytes, first_query: bytes, query: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    policy = compile_policy(QUERY_FREE)
+    ep: Any = EndpointDouble(memo=True)
+    memo = ep.request_outcomes = OutcomeMemo(query_free=True)
+    fresh = _request(method, path + query, headers)
+    reply = PolicyRun(ep, policy, fresh).answer(fresh, b"")
+
+    first = _request(method, path + first_query, headers)  # fills the memo, as the listener does
+    key = memo.key(first)
+    run = PolicyRun(ep, policy, first)
+    if run.answer(first, b"") is None:
+        run.remember(ep, key)
+
+    again = _request(method, path + query, headers)
+    replayed = remembered(ep, memo.key(again), again)
+    if reply is not None:
+        assert not replayed  # answers always run in full
+        return
+    # Replayed across queries when both have one; a bare "?" runs in full (it is written back without).
+    assert replayed == (first_query == query != b"?" or (len(first_query) > 1 and len(query) > 1))
     if replayed:
         assert _head(again) == _head(fresh)
 

@@ -37,7 +37,6 @@ from hatchway.edge.policy_run import (
     MAX_POLICY_BODY,
     PolicyRun,
     connection_info,
-    outcome_key,
     remembered,
     reply_bytes,
 )
@@ -426,7 +425,7 @@ class Http1Connection(asyncio.Protocol):
             # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well,
             # or their outcome for this very request is replayed (``policy_run.remembered``).
             memo = ep.request_outcomes
-            key = outcome_key(req) if memo is not None and memo.active() else None
+            key = memo.key(req) if memo is not None and memo.active() else None
             reply = None
             if key is None or not remembered(ep, key, req):
                 run = PolicyRun(ep, ep.policy, req, self.conn_info)
@@ -679,7 +678,7 @@ class Http1Connection(asyncio.Protocol):
         when a static request phase's outcome was replayed (``policy_run.remembered``)."""
         assert ep.policy is not None
         memo = ep.request_outcomes
-        key = outcome_key(req) if memo is not None and memo.active() else None
+        key = memo.key(req) if memo is not None and memo.active() else None
         if key is not None and remembered(ep, key, req):
             return None, None
         run = PolicyRun(ep, ep.policy, req, self.conn_info)
