@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from hatchway.edge.policy_run import OutcomeMemo
+from hatchway.edge.proxy import Request, upstream_head
 from hatchway.edge.tunnels import AgentSession
+from hatchway.http import headers as hh
 from hatchway.policy.model import Conn, EndpointInfo, Exchange, HttpRequest
 
 
@@ -69,3 +72,25 @@ def policy_exchange(
         ),
         wall=1714564800.0,
     )
+
+
+def listener_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Request:
+    """A request as the HTTP/1.1 listener hands it on, from a client at 10.0.0.7 over HTTPS."""
+    return Request(
+        method,
+        target,
+        list(headers),
+        "1.1",
+        "app.hatchway.localhost",
+        "10.0.0.7",
+        5000,
+        "https",
+        lower=[k.lower() for k, _ in headers],
+        connection=frozenset(hh.connection_tokens(headers)),
+    )
+
+
+def head_of(req: Request) -> tuple[Any, ...]:
+    """Everything of ``req`` that reaches the upstream, and the head bytes the edge writes for it."""
+    ep: Any = EndpointDouble()
+    return (req.method, req.target, req.headers, req.lower, req.connection, upstream_head(ep, req))

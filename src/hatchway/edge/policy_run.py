@@ -45,6 +45,7 @@ from hatchway.policy.model import (
     TlsInfo,
     url_of,
 )
+from hatchway.policy.phase_code import FULL
 
 logger = logging.getLogger(__name__)
 
@@ -493,6 +494,24 @@ def remembered(ep: Endpoint, key: OutcomeKey, req: Request) -> bool:
     memo.hits += 1
     if found[0]:
         append_encoded(req, list(found[0]), list(found[1]))
+    return True
+
+
+def decided(policy: CompiledPolicy, ep: Endpoint, req: Request, key: OutcomeKey | None) -> bool:
+    """Decide a static request phase from the listener's request alone (``CompiledPolicy.static_run``,
+    no exchange built): True when it did (what it appends is on ``req``, and remembered under ``key``),
+    False when the phase must run in full (it answers, or the request is not one it covers)."""
+    run = policy.static_run
+    if run is None:
+        return False
+    found = run(req)
+    if found is FULL:
+        return False
+    if found is not None:
+        append_encoded(req, list(found[0]), list(found[1]))
+    memo = ep.request_outcomes
+    if key is not None and memo is not None:
+        memo.keep(key, found or _NOTHING)
     return True
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from hatchway.policy.document import CompiledRule, compile_document
 from hatchway.policy.interpolate import PolicyEnv
 from hatchway.policy.model import PHASES, Action, Exchange, PolicyError, Problem, Reply
-from hatchway.policy.phase_code import INTERPOLATION_ERROR, URL_VARS, compile_phase
+from hatchway.policy.phase_code import INTERPOLATION_ERROR, URL_VARS, compile_phase, compile_static_request
 
 __all__ = ["EMPTY", "INTERPOLATION_ERROR", "CompiledPolicy", "compile_policy"]
 
@@ -61,6 +61,7 @@ class CompiledPolicy:
         "rules",
         "static_query_free",
         "static_request",
+        "static_run",
         "tls",
     )
 
@@ -78,6 +79,10 @@ class CompiledPolicy:
         self.needs_request_body = any(a.needs_body for r in self.rules["on_http_request"] for a in r.actions)
         self.static_request = (
             self._tcp is None and self._response is None and _static_request(self.rules["on_http_request"])
+        )
+        # The request phase decided from the listener's request alone, when its rules allow it.
+        self.static_run = (
+            compile_static_request(self.rules["on_http_request"]) if self.static_request else None
         )
         self.static_query_free = self.static_request and all(
             c.reads_only_paths(_QUERY_FREE_PATHS) for r in self.rules["on_http_request"] for c in r.conditions

@@ -107,10 +107,16 @@ def _calls(form: Inline) -> bool:
     return False
 
 
-class _Source:
-    """The generated function's lines and namespace."""
+class _NotCovered(Exception):
+    """A form the static request function (``compile_static_request``) does not cover."""
 
-    def __init__(self) -> None:
+
+class _Source:
+    """The generated function's lines and namespace. ``wire``: for ``compile_static_request``, where the
+    request is the listener's (header names as lower-cased bytes) and only inline forms are allowed."""
+
+    def __init__(self, wire: bool = False) -> None:
+        self.wire = wire
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {
             "EvaluationError": EvaluationError,
@@ -132,6 +138,8 @@ class _Source:
     def expr(self, form: Inline) -> str:
         kind = form[0]
         if kind == "call":
+            if self.wire:
+                raise _NotCovered
             return f"{self.const(form[1])}(ex)"
         if kind == "and" or kind == "or":
             return f"({self.expr(form[1])} {kind} {self.expr(form[2])})"
@@ -150,9 +158,20 @@ class _Source:
                 return f"({arg} in p)"
             return f"p.{'startswith' if form[1] == 'startsWith' else 'endswith'}({arg})"
         if kind == "path_matches":
-            # Where Python's re and RE2 may differ (a newline, non-ASCII), CEL decides (cel._str_matches).
+            # Where Python's re and RE2 may differ (a newline, non-ASCII), CEL decides (cel._str_matches);
+            # the static function hands such a request to the full run instead.
             self.reads.update(("p", "pa"))
+            if self.wire:
+                return f"({self.const(form[1])}(p) is not None)"
             return f"(({self.const(form[1])}(p) is not None) if pa else {self.const(form[2])}(ex))"
+        if kind == "header" and self.wire:
+            # An ASCII name is a lower-cased decoded name exactly when its bytes are a bytes.lower()'d raw
+            # name (latin-1 letters above ASCII never lower-case into ASCII); others are not covered.
+            if not form[1].isascii():
+                raise _NotCovered
+            self.reads.add("h")
+            name = self.const(form[1].encode())
+            return f"({name} in lower or {name} in low)"
         if kind == "header":
             # The edge's request answers itself (headers maybe not decoded yet); else the closure reads
             # the cached header map (cel._has_req_header does both).
@@ -240,3 +259,90 @@ def compile_phase(rules: Sequence[CompiledRule]) -> tuple[PhaseRun | None, UrlMe
     exec(compile(text, "<traffic policy phase>", "exec"), src.ns)  # our fragments only: see the docstring
     run: PhaseRun = src.ns["run"]
     return run, memo
+
+
+# ---- a static request phase on the listener's own request --------------------------------------------
+# For the commonest policies (conditions on the method, the path and header presence; actions deny,
+# custom-response and add-headers with fixed values) the request phase can be decided from the bytes the
+# listener parsed, with no exchange built at all. ``compile_static_request`` writes that function; the
+# edge calls it first (``policy_run.decided``) and runs the phase in full only when it returns FULL.
+
+
+class _Full:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FULL"
+
+
+FULL: Any = _Full()  # "run the phase in full": an answer matched, or a request this code does not cover
+# Headers appended (name, value) and their lower-cased names, as ``policy_run.Outcome``; None: nothing.
+StaticOutcome = tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]] | None
+StaticRun = Callable[[Any], Any]  # the listener's Request -> StaticOutcome or FULL
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("latin-1", "replace")  # as policy_run writes header text back
+
+
+def compile_static_request(rules: Sequence[CompiledRule]) -> StaticRun | None:
+    """The request phase ``rules`` as a function of the listener's ``Request`` (``proxy.Request``), or
+    None when some condition or action is not of the kinds it covers. It answers exactly what running
+    the phase gives to the request head: the headers appended (encoded as the edge's glue encodes
+    them), None for no change, or FULL where it cannot say (a matched answer, an absolute-form target,
+    a bare "?", a path where re and RE2 may differ)."""
+    from hatchway.policy.actions.add_headers import AppendRequestHeaders
+
+    src = _Source(wire=True)
+    tests: list[str | None] = []
+    try:
+        for rule in rules:
+            form = _inline_of(rule)
+            tests.append(None if form is None else src.expr(form))
+    except _NotCovered:
+        return None
+    actions = [a for r in rules for a in r.actions]
+    # "static" actions other than the appending one always answer (engine._static_request).
+    if not all(isinstance(a, AppendRequestHeaders) or getattr(a, "static", False) for a in actions):
+        return None
+    appends = any(isinstance(a, AppendRequestHeaders) for a in actions)
+    src.ns["FULL"] = FULL
+    src.emit(1, "target = req.target")
+    src.emit(1, "lower = req.lower")
+    src.emit(1, 'if target[:1] != b"/" or len(lower) != len(req.headers):')
+    src.emit(2, "return FULL")
+    src.emit(1, 'path_b, sep, query_b = target.partition(b"?")')
+    src.emit(1, "if sep and not query_b:")
+    src.emit(2, "return FULL  # running the phase writes the target back without its bare '?'")
+    if "m" in src.reads:
+        src.emit(1, 'm = req.method.decode("latin-1")')
+    if "p" in src.reads:
+        src.emit(1, 'p = path_b.decode("latin-1") or "/"')
+        src.emit(1, 'if "%" in p:')
+        src.emit(2, "p = _unquote(p)")
+    if "pa" in src.reads:
+        src.emit(1, 'if "\\n" in p or not p.isascii():')
+        src.emit(2, "return FULL")
+    if appends:
+        src.emit(1, "new = []")
+        src.emit(1, "low = []  # the lower-cased names of what the rules appended")
+    elif "h" in src.reads:
+        src.emit(1, "low = ()")
+    for rule, test in zip(rules, tests, strict=True):
+        depth = 1
+        if test is not None:
+            src.emit(1, f"if {test}:")
+            depth = 2
+        for action in rule.actions:
+            if not isinstance(action, AppendRequestHeaders):
+                src.emit(depth, "return FULL  # an answer: the full run makes it")
+                break
+            names = tuple(_encode(k) for k, _ in action.fixed)
+            pairs = tuple((n, _encode(v)) for n, (_, v) in zip(names, action.fixed, strict=True))
+            src.emit(depth, f"new.extend({src.const(pairs)})")
+            src.emit(depth, f"low.extend({src.const(tuple(n.lower() for n in names))})")
+    src.emit(1, "return (tuple(new), tuple(low)) if new else None" if appends else "return None")
+    text = "\n".join(["def run(req):", *src.lines, ""])
+    exec(compile(text, "<traffic policy static request phase>", "exec"), src.ns)  # our fragments only
+    run: StaticRun = src.ns["run"]
+    return run

@@ -11,11 +11,9 @@ from hypothesis import strategies as st
 
 from hatchway.edge import policy_run
 from hatchway.edge.policy_run import OutcomeMemo, PolicyRun, outcome_key, remembered
-from hatchway.edge.proxy import Request, upstream_head
-from hatchway.http import headers as hh
 from hatchway.policy.engine import compile_policy
 
-from helpers import EndpointDouble
+from helpers import EndpointDouble, head_of, listener_request
 
 STATIC = {
     "on_http_request": [
@@ -37,32 +35,6 @@ STATIC = {
         {"expressions": ["req.url.query == 'deny'"], "actions": [{"type": "deny"}]},
     ]
 }
-
-
-def _request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Request:
-    return Request(
-        method,
-        target,
-        list(headers),
-        "1.1",
-        "app.hatchway.localhost",
-        "10.0.0.7",
-        5000,
-        "https",
-        lower=[k.lower() for k, _ in headers],
-        connection=frozenset(hh.connection_tokens(headers)),
-    )
-
-
-def _head(req: Request) -> tuple[Any, ...]:
-    return (
-        req.method,
-        req.target,
-        req.headers,
-        req.lower,
-        req.connection,
-        upstream_head(EndpointDouble(), req),
-    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -139,11 +111,11 @@ def test_a_replayed_outcome_is_what_running_the_rules_gives(
 ) -> None:
     policy = compile_policy(STATIC)
     ep: Any = EndpointDouble(memo=True)
-    fresh = _request(method, target, headers)
+    fresh = listener_request(method, target, headers)
     reply = PolicyRun(ep, policy, fresh).answer(fresh, b"")
 
     # Once to fill the memo the way the listener does, once more to replay it.
-    first = _request(method, target, headers)
+    first = listener_request(method, target, headers)
     key = outcome_key(first)
     assert not remembered(ep, key, first)
     run = PolicyRun(ep, policy, first)
@@ -152,14 +124,14 @@ def test_a_replayed_outcome_is_what_running_the_rules_gives(
         run.remember(ep, key)
     assert (first_reply is None) == (reply is None)
 
-    again = _request(method, target, headers)
+    again = listener_request(method, target, headers)
     if reply is not None:
         assert not remembered(ep, outcome_key(again), again)  # answers always run in full
         return
     replayed = remembered(ep, outcome_key(again), again)
     assert replayed == target.startswith(b"/")  # an absolute-form target is written back: not kept
     if replayed:
-        assert _head(again) == _head(fresh)
+        assert head_of(again) == head_of(fresh)
 
 
 # STATIC without its rule on req.url.query: nothing of it reads the query string.
@@ -188,16 +160,16 @@ def test_a_query_free_replay_is_what_running_the_rules_gives(
     policy = compile_policy(QUERY_FREE)
     ep: Any = EndpointDouble(memo=True)
     memo = ep.request_outcomes = OutcomeMemo(query_free=True)
-    fresh = _request(method, path + query, headers)
+    fresh = listener_request(method, path + query, headers)
     reply = PolicyRun(ep, policy, fresh).answer(fresh, b"")
 
-    first = _request(method, path + first_query, headers)  # fills the memo, as the listener does
+    first = listener_request(method, path + first_query, headers)  # fills the memo, as the listener does
     key = memo.key(first)
     run = PolicyRun(ep, policy, first)
     if run.answer(first, b"") is None:
         run.remember(ep, key)
 
-    again = _request(method, path + query, headers)
+    again = listener_request(method, path + query, headers)
     replayed = remembered(ep, memo.key(again), again)
     if reply is not None:
         assert not replayed  # answers always run in full
@@ -205,7 +177,7 @@ def test_a_query_free_replay_is_what_running_the_rules_gives(
     # Replayed across queries when both have one; a bare "?" runs in full (it is written back without).
     assert replayed == (first_query == query != b"?" or (len(first_query) > 1 and len(query) > 1))
     if replayed:
-        assert _head(again) == _head(fresh)
+        assert head_of(again) == head_of(fresh)
 
 
 def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,7 +185,7 @@ def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     policy = compile_policy(STATIC)
     ep: Any = EndpointDouble(memo=True)
     for i in range(30):
-        req = _request(b"GET", f"/p{i}".encode(), [(b"Host", b"app.hatchway.localhost")])
+        req = listener_request(b"GET", f"/p{i}".encode(), [(b"Host", b"app.hatchway.localhost")])
         key = outcome_key(req)
         run = PolicyRun(ep, policy, req)
         assert run.answer(req, b"") is None
@@ -225,7 +197,7 @@ def _fill(ep: Any, policy: Any, paths: list[str]) -> int:
     """Requests for ``paths`` as the listener makes them; returns how many were replayed."""
     replayed = 0
     for path in paths:
-        req = _request(b"GET", path.encode(), [(b"Host", b"app.hatchway.localhost")])
+        req = listener_request(b"GET", path.encode(), [(b"Host", b"app.hatchway.localhost")])
         memo = ep.request_outcomes
         key = outcome_key(req) if memo.active() else None
         if key is not None and remembered(ep, key, req):

@@ -37,6 +37,7 @@ from hatchway.edge.policy_run import (
     MAX_POLICY_BODY,
     PolicyRun,
     connection_info,
+    decided,
     remembered,
     reply_bytes,
 )
@@ -423,11 +424,12 @@ class Http1Connection(asyncio.Protocol):
         run: PolicyRun | None = None
         if ep.policy is not None:
             # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well,
-            # or their outcome for this very request is replayed (``policy_run.remembered``).
+            # or their outcome for this very request is replayed (``policy_run.remembered``), or a
+            # static phase is decided from the request's bytes (``policy_run.decided``).
             memo = ep.request_outcomes
             key = memo.key(req) if memo is not None and memo.active() else None
             reply = None
-            if key is None or not remembered(ep, key, req):
+            if not ((key is not None and remembered(ep, key, req)) or decided(ep.policy, ep, req, key)):
                 run = PolicyRun(ep, ep.policy, req, self.conn_info)
                 reply = run.answer(req, b"")
                 if key is not None and reply is None:
@@ -675,11 +677,12 @@ class Http1Connection(asyncio.Protocol):
         self, ep: Endpoint, req: Request, body: Body
     ) -> tuple[PolicyRun | None, Reply | None]:
         """Run the endpoint's connect and request phases (reading a bounded body first if asked); no run
-        when a static request phase's outcome was replayed (``policy_run.remembered``)."""
+        when a static request phase's outcome was replayed (``policy_run.remembered``) or decided from
+        the request's bytes (``policy_run.decided``)."""
         assert ep.policy is not None
         memo = ep.request_outcomes
         key = memo.key(req) if memo is not None and memo.active() else None
-        if key is not None and remembered(ep, key, req):
+        if (key is not None and remembered(ep, key, req)) or decided(ep.policy, ep, req, key):
             return None, None
         run = PolicyRun(ep, ep.policy, req, self.conn_info)
         reply = run.tcp_connect()
