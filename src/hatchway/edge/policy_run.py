@@ -13,7 +13,8 @@ the exchange is built once per endpoint, the request headers are decoded only wh
 (``_WireRequest``: ``'x' in req.headers`` and add-headers do not), and after the request phase only what
 changed is written back (headers that were only appended are encoded alone). What the listener gets is
 what the eager version gave (``tests/unit/policy/test_edge_glue.py`` compares the two). A static request
-phase (see ``remembered``) is not even run for a request the endpoint has seen: its outcome is replayed.
+phase (see ``remembered``) is not even run for a request the endpoint has seen: its outcome is replayed;
+for one it has not, the phase's compiled form may decide from the listener's request alone (``decided``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ conditions must hold; its actions run in order; a ``Reply`` ends the phase; an `
 action answers 500 ``ERR_NGROK_3900``; after an action the variables it may have changed (its
 ``dirties``) are marked for recomputation, and the inline locals are read again if it may have changed
 the URL.
+``compile_static_request`` writes a second function for a static request phase made only of inline
+conditions and of actions that answer or append fixed headers: it decides from the listener's parsed
+request alone (see its docstring and ``edge/policy_run.decided``).
 Must not: put text from the policy into the generated source. Every constant, closure and action is
 handed to the function in its namespace under a generated name (``k0``, ``k1``...), so a policy can never
 inject code; the source is built from this file's fixed fragments only. No I/O and no clocks.
