@@ -120,6 +120,9 @@ class _Source:
 
     def __init__(self, wire: bool = False) -> None:
         self.wire = wire
+        # For ``wire``: the lower-cased names appended so far when they are known as the function is
+        # written, None when only the function's ``low`` list knows them.
+        self.appended: frozenset[bytes] | None = None
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {
             "EvaluationError": EvaluationError,
@@ -172,9 +175,11 @@ class _Source:
             # name (latin-1 letters above ASCII never lower-case into ASCII); others are not covered.
             if not form[1].isascii():
                 raise _NotCovered
-            self.reads.add("h")
-            name = self.const(form[1].encode())
-            return f"({name} in lower or {name} in low)"
+            lname = form[1].encode()
+            if self.appended is None:  # appended under conditions: the function's list says
+                name = self.const(lname)
+                return f"({name} in lower or {name} in low)"
+            return "True" if lname in self.appended else f"({self.const(lname)} in lower)"
         if kind == "header":
             # The edge's request answers itself (headers maybe not decoded yet); else the closure reads
             # the cached header map (cel._has_req_header does both).
@@ -296,19 +301,56 @@ def compile_static_request(rules: Sequence[CompiledRule]) -> StaticRun | None:
     a bare "?", a path where re and RE2 may differ)."""
     from hatchway.policy.actions.add_headers import AppendRequestHeaders
 
+    # "static" actions other than the appending one always answer (engine._static_request).
+    if not all(
+        isinstance(a, AppendRequestHeaders) or getattr(a, "static", False) for r in rules for a in r.actions
+    ):
+        return None
     src = _Source(wire=True)
-    tests: list[str | None] = []
+    # While every append so far came from a rule without a condition, what has been appended is known
+    # here: header tests read it as constants and the function returns it as one. The first append
+    # under a condition starts lists in the function (``dynamic``).
+    known: list[tuple[bytes, bytes]] = []
+    known_low: list[bytes] = []
+    dynamic = False
+    answered = False  # a rule without a condition answers: the rules after it never run
     try:
         for rule in rules:
+            src.appended = None if dynamic else frozenset(known_low)
             form = _inline_of(rule)
-            tests.append(None if form is None else src.expr(form))
+            test = None if form is None else src.expr(form)
+            appends = [a for a in rule.actions if isinstance(a, AppendRequestHeaders)]
+            if test is not None and appends and not dynamic:
+                src.emit(1, f"new = list({src.const(tuple(known))})")
+                src.emit(1, f"low = list({src.const(tuple(known_low))})  # names appended so far")
+                dynamic = True
+            depth = 1
+            if test is not None:
+                src.emit(1, f"if {test}:")
+                depth = 2
+            for action in rule.actions:
+                if not isinstance(action, AppendRequestHeaders):
+                    src.emit(depth, "return FULL  # an answer: the full run makes it")
+                    answered = test is None
+                    break
+                names = tuple(_encode(k) for k, _ in action.fixed)
+                pairs = tuple((n, _encode(v)) for n, (_, v) in zip(names, action.fixed, strict=True))
+                lows = tuple(n.lower() for n in names)
+                if dynamic:
+                    src.emit(depth, f"new.extend({src.const(pairs)})")
+                    src.emit(depth, f"low.extend({src.const(lows)})")
+                else:
+                    known.extend(pairs)
+                    known_low.extend(lows)
+            if answered:
+                break
     except _NotCovered:
         return None
-    actions = [a for r in rules for a in r.actions]
-    # "static" actions other than the appending one always answer (engine._static_request).
-    if not all(isinstance(a, AppendRequestHeaders) or getattr(a, "static", False) for a in actions):
-        return None
-    appends = any(isinstance(a, AppendRequestHeaders) for a in actions)
+    if dynamic:
+        src.emit(1, "return (tuple(new), tuple(low)) if new else None")
+    elif not answered:
+        src.emit(1, f"return {src.const((tuple(known), tuple(known_low)) if known else None)}")
+    body, src.lines = src.lines, []
     src.ns["FULL"] = FULL
     src.emit(1, "target = req.target")
     src.emit(1, "lower = req.lower")
@@ -326,26 +368,7 @@ def compile_static_request(rules: Sequence[CompiledRule]) -> StaticRun | None:
     if "pa" in src.reads:
         src.emit(1, 'if "\\n" in p or not p.isascii():')
         src.emit(2, "return FULL")
-    if appends:
-        src.emit(1, "new = []")
-        src.emit(1, "low = []  # the lower-cased names of what the rules appended")
-    elif "h" in src.reads:
-        src.emit(1, "low = ()")
-    for rule, test in zip(rules, tests, strict=True):
-        depth = 1
-        if test is not None:
-            src.emit(1, f"if {test}:")
-            depth = 2
-        for action in rule.actions:
-            if not isinstance(action, AppendRequestHeaders):
-                src.emit(depth, "return FULL  # an answer: the full run makes it")
-                break
-            names = tuple(_encode(k) for k, _ in action.fixed)
-            pairs = tuple((n, _encode(v)) for n, (_, v) in zip(names, action.fixed, strict=True))
-            src.emit(depth, f"new.extend({src.const(pairs)})")
-            src.emit(depth, f"low.extend({src.const(tuple(n.lower() for n in names))})")
-    src.emit(1, "return (tuple(new), tuple(low)) if new else None" if appends else "return None")
-    text = "\n".join(["def run(req):", *src.lines, ""])
+    text = "\n".join(["def run(req):", *src.lines, *body, ""])
     exec(compile(text, "<traffic policy static request phase>", "exec"), src.ns)  # our fragments only
     run: StaticRun = src.ns["run"]
     return run

@@ -88,6 +88,22 @@ HEADERS = st.lists(
     target=b"/",
     headers=[],
 )  # a header a rule appended is seen by the next rule's test
+@example(
+    rules=[
+        {"actions": [{"type": "add-headers", "config": {"headers": {"x-added": "1"}}}]},
+        {
+            "expressions": ["req.method == 'GET'"],
+            "actions": [{"type": "add-headers", "config": {"headers": {"x-policy": "seen"}}}],
+        },
+        {
+            "expressions": ["'x-added' in req.headers && 'x-policy' in req.headers"],
+            "actions": [{"type": "deny"}],
+        },
+    ],
+    method=b"POST",
+    target=b"/",
+    headers=[],
+)  # appends known when the function is written, then appends under a condition
 @given(
     rules=st.lists(_RULE, min_size=1, max_size=5),
     method=st.sampled_from([b"GET", b"POST"]),
