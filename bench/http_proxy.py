@@ -410,7 +410,8 @@ def run_wrk(
     bench: Bench, target: str, url: str, args: argparse.Namespace, duration: float, vary: str = ""
 ) -> Sample:
     """One wrk run; ``vary``: each request gets its own query string (``"query"``: ``?n=1``, ``?n=2``...)
-    or its own path (``"path"``: ``/1``, ``/2``... appended to the URL's path)."""
+    or its own path (``"path"``: ``/1``, ``/2``... appended to the URL's path), or (``"same"``) the URL's
+    own, made by the same kind of Lua function, so that wrk spends the same on every request."""
     extra: list[str] = []
     if not bench.hosts_ok and target.startswith("hatchway"):
         base, extra = host_override_script(bench.work, url)
@@ -420,9 +421,10 @@ def run_wrk(
         path = "/" + url.split("/", 3)[3]
         # One script per host and kind.
         lua = bench.work / (f"vary-{vary}-" + (Path(extra[1]).name if extra else "direct.lua"))
+        suffix = {"query": '"?n=" .. n', "path": '"/" .. n', "same": '""'}[vary]
         counter = (
             "local n = 0\nrequest = function()\n  n = n + 1\n"
-            f'  return wrk.format(nil, "{path}{"?n=" if vary == "query" else "/"}" .. n)\nend\n'
+            f'  return wrk.format(nil, "{path}" .. {suffix})\nend\n'
         )
         lua.write_text(script + counter)
         extra = ["-s", str(lua)]
