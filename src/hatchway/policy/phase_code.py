@@ -78,7 +78,7 @@ def _all(truths: tuple[_Truth, ...]) -> _Truth:
     return lambda ex: all(truth(ex) for truth in truths)
 
 
-def condition_of(rule: CompiledRule) -> _Truth | None:
+def _condition_of(rule: CompiledRule) -> _Truth | None:
     """The rule's conditions as one closure (None: the rule always runs)."""
     truths = tuple(c.truth for c in rule.conditions)
     if not truths:
@@ -216,7 +216,7 @@ def compile_phase(rules: Sequence[CompiledRule]) -> tuple[PhaseRun | None, UrlMe
     for rule in rules:
         form = _inline_of(rule)
         if form is not None and _calls(form) and all(c.reads_only(URL_VARS) for c in rule.conditions):
-            condition = condition_of(rule)
+            condition = _condition_of(rule)
             assert condition is not None
             tests.append(len(memo_conditions))
             memo_conditions.append(condition)
