@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hatchway.edge.policy_run import OutcomeMemo, PolicyRun, decided, remembered
+from hatchway.edge.policy_run import OutcomeMemo, PolicyRun, shortcut
 from hatchway.edge.proxy import Request, upstream_head
 from hatchway.policy.engine import CompiledPolicy, compile_policy
 from policy_rules import policy_for
@@ -71,9 +71,8 @@ def one(policy: CompiledPolicy | None, ep: Any = EP, new_path: bool = False) -> 
     """What the listener does per request (``Http1Connection._fast_start``)."""
     req = request(new_path)
     if policy is not None:
-        memo = ep.request_outcomes
-        key = memo.key(req) if memo is not None and memo.active() else None
-        if not ((key is not None and remembered(ep, key, req)) or decided(policy, ep, req, key)):
+        settled, key = shortcut(policy, ep, req)
+        if not settled:
             run = PolicyRun(ep, policy, req)
             if run.request(req) is None and key is not None:
                 run.remember(ep, key)

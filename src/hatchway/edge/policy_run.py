@@ -46,7 +46,7 @@ from hatchway.policy.model import (
     TlsInfo,
     url_of,
 )
-from hatchway.policy.phase_code import FULL
+from hatchway.policy.static_request import FULL
 
 logger = logging.getLogger(__name__)
 
@@ -496,6 +496,18 @@ def remembered(ep: Endpoint, key: OutcomeKey, req: Request) -> bool:
     if found[0]:
         append_encoded(req, list(found[0]), list(found[1]))
     return True
+
+
+def shortcut(policy: CompiledPolicy, ep: Endpoint, req: Request) -> tuple[bool, OutcomeKey | None]:
+    """The listener's ways around a ``PolicyRun`` for a static request phase, in order: the memo's replay
+    (``remembered``), then the phase on the request's bytes (``decided``). Returns whether one of them
+    settled the request, and the key under which to remember a full run's outcome (``PolicyRun.remember``;
+    None: the memo is off)."""
+    memo = ep.request_outcomes
+    key = memo.key(req) if memo is not None and memo.active() else None
+    if key is not None and remembered(ep, key, req):
+        return True, key
+    return decided(policy, ep, req, key), key
 
 
 def decided(policy: CompiledPolicy, ep: Endpoint, req: Request, key: OutcomeKey | None) -> bool:

@@ -20,7 +20,8 @@ from typing import Any
 from hatchway.policy.document import CompiledRule, compile_document
 from hatchway.policy.interpolate import PolicyEnv
 from hatchway.policy.model import PHASES, Action, Exchange, PolicyError, Problem, Reply
-from hatchway.policy.phase_code import INTERPOLATION_ERROR, URL_VARS, compile_phase, compile_static_request
+from hatchway.policy.phase_code import INTERPOLATION_ERROR, URL_VARS, compile_phase
+from hatchway.policy.static_request import compile_static_request
 
 __all__ = ["EMPTY", "INTERPOLATION_ERROR", "CompiledPolicy", "compile_policy"]
 

@@ -12,9 +12,8 @@ conditions must hold; its actions run in order; a ``Reply`` ends the phase; an `
 action answers 500 ``ERR_NGROK_3900``; after an action the variables it may have changed (its
 ``dirties``) are marked for recomputation, and the inline locals are read again if it may have changed
 the URL.
-``compile_static_request`` writes a second function for a static request phase made only of inline
-conditions and of actions that answer or append fixed headers: it decides from the listener's parsed
-request alone (see its docstring and ``edge/policy_run.decided``).
+``static_request.py`` writes a second function for the commonest static request phases, from the same
+forms (``Source``, ``inline_of``).
 Must not: put text from the policy into the generated source. Every constant, closure and action is
 handed to the function in its namespace under a generated name (``k0``, ``k1``...), so a policy can never
 inject code; the source is built from this file's fixed fragments only. No I/O and no clocks.
@@ -88,7 +87,7 @@ def _condition_of(rule: CompiledRule) -> _Truth | None:
     return _all(truths)
 
 
-def _inline_of(rule: CompiledRule) -> Inline | None:
+def inline_of(rule: CompiledRule) -> Inline | None:
     forms = [c.inline for c in rule.conditions]
     if not forms:
         return None
@@ -110,19 +109,11 @@ def _calls(form: Inline) -> bool:
     return False
 
 
-class _NotCovered(Exception):
-    """A form the static request function (``compile_static_request``) does not cover."""
+class Source:
+    """A generated function's lines and namespace, and ``expr``: an ``Inline`` form as a Python expression
+    on the exchange ``ex`` (``static_request.WireSource`` writes them on the listener's request)."""
 
-
-class _Source:
-    """The generated function's lines and namespace. ``wire``: for ``compile_static_request``, where the
-    request is the listener's (header names as lower-cased bytes) and only inline forms are allowed."""
-
-    def __init__(self, wire: bool = False) -> None:
-        self.wire = wire
-        # For ``wire``: the lower-cased names appended so far when they are known as the function is
-        # written, None when only the function's ``low`` list knows them.
-        self.appended: frozenset[bytes] | None = None
+    def __init__(self) -> None:
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {
             "EvaluationError": EvaluationError,
@@ -144,8 +135,6 @@ class _Source:
     def expr(self, form: Inline) -> str:
         kind = form[0]
         if kind == "call":
-            if self.wire:
-                raise _NotCovered
             return f"{self.const(form[1])}(ex)"
         if kind == "and" or kind == "or":
             return f"({self.expr(form[1])} {kind} {self.expr(form[2])})"
@@ -164,22 +153,9 @@ class _Source:
                 return f"({arg} in p)"
             return f"p.{'startswith' if form[1] == 'startsWith' else 'endswith'}({arg})"
         if kind == "path_matches":
-            # Where Python's re and RE2 may differ (a newline, non-ASCII), CEL decides (cel._str_matches);
-            # the static function hands such a request to the full run instead.
+            # Where Python's re and RE2 may differ (a newline, non-ASCII), CEL decides (cel._str_matches).
             self.reads.update(("p", "pa"))
-            if self.wire:
-                return f"({self.const(form[1])}(p) is not None)"
             return f"(({self.const(form[1])}(p) is not None) if pa else {self.const(form[2])}(ex))"
-        if kind == "header" and self.wire:
-            # An ASCII name is a lower-cased decoded name exactly when its bytes are a bytes.lower()'d raw
-            # name (latin-1 letters above ASCII never lower-case into ASCII); others are not covered.
-            if not form[1].isascii():
-                raise _NotCovered
-            lname = form[1].encode()
-            if self.appended is None:  # appended under conditions: the function's list says
-                name = self.const(lname)
-                return f"({name} in lower or {name} in low)"
-            return "True" if lname in self.appended else f"({self.const(lname)} in lower)"
         if kind == "header":
             # The edge's request answers itself (headers maybe not decoded yet); else the closure reads
             # the cached header map (cel._has_req_header does both).
@@ -209,12 +185,12 @@ def compile_phase(rules: Sequence[CompiledRule]) -> tuple[PhaseRun | None, UrlMe
     """The phase as one function (None without rules) and its URL memo (None when it has none)."""
     if not rules:
         return None, None
-    src = _Source()
+    src = Source()
     memo_conditions: list[_Truth] = []
     # Per rule: its test as source, the bit that answers it in the memo, or None (no condition).
     tests: list[str | int | None] = []
     for rule in rules:
-        form = _inline_of(rule)
+        form = inline_of(rule)
         if form is not None and _calls(form) and all(c.reads_only(URL_VARS) for c in rule.conditions):
             condition = _condition_of(rule)
             assert condition is not None
@@ -267,108 +243,3 @@ def compile_phase(rules: Sequence[CompiledRule]) -> tuple[PhaseRun | None, UrlMe
     exec(compile(text, "<traffic policy phase>", "exec"), src.ns)  # our fragments only: see the docstring
     run: PhaseRun = src.ns["run"]
     return run, memo
-
-
-# ---- a static request phase on the listener's own request --------------------------------------------
-# For the commonest policies (conditions on the method, the path and header presence; actions deny,
-# custom-response and add-headers with fixed values) the request phase can be decided from the bytes the
-# listener parsed, with no exchange built at all. ``compile_static_request`` writes that function; the
-# edge calls it first (``policy_run.decided``) and runs the phase in full only when it returns FULL.
-
-
-class _Full:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "FULL"
-
-
-FULL: Any = _Full()  # "run the phase in full": an answer matched, or a request this code does not cover
-# Headers appended (name, value) and their lower-cased names, as ``policy_run.Outcome``; None: nothing.
-StaticOutcome = tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]] | None
-StaticRun = Callable[[Any], Any]  # the listener's Request -> StaticOutcome or FULL
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("latin-1", "replace")  # as policy_run writes header text back
-
-
-def compile_static_request(rules: Sequence[CompiledRule]) -> StaticRun | None:
-    """The request phase ``rules`` as a function of the listener's ``Request`` (``proxy.Request``), or
-    None when some condition or action is not of the kinds it covers. It answers exactly what running
-    the phase gives to the request head: the headers appended (encoded as the edge's glue encodes
-    them), None for no change, or FULL where it cannot say (a matched answer, an absolute-form target,
-    a bare "?", a path where re and RE2 may differ)."""
-    from hatchway.policy.actions.add_headers import AppendRequestHeaders
-
-    # "static" actions other than the appending one always answer (engine._static_request).
-    if not all(
-        isinstance(a, AppendRequestHeaders) or getattr(a, "static", False) for r in rules for a in r.actions
-    ):
-        return None
-    src = _Source(wire=True)
-    # While every append so far came from a rule without a condition, what has been appended is known
-    # here: header tests read it as constants and the function returns it as one. The first append
-    # under a condition starts lists in the function (``dynamic``).
-    known: list[tuple[bytes, bytes]] = []
-    known_low: list[bytes] = []
-    dynamic = False
-    answered = False  # a rule without a condition answers: the rules after it never run
-    try:
-        for rule in rules:
-            src.appended = None if dynamic else frozenset(known_low)
-            form = _inline_of(rule)
-            test = None if form is None else src.expr(form)
-            appends = [a for a in rule.actions if isinstance(a, AppendRequestHeaders)]
-            if test is not None and appends and not dynamic:
-                src.emit(1, f"new = list({src.const(tuple(known))})")
-                src.emit(1, f"low = list({src.const(tuple(known_low))})  # names appended so far")
-                dynamic = True
-            depth = 1
-            if test is not None:
-                src.emit(1, f"if {test}:")
-                depth = 2
-            for action in rule.actions:
-                if not isinstance(action, AppendRequestHeaders):
-                    src.emit(depth, "return FULL  # an answer: the full run makes it")
-                    answered = test is None
-                    break
-                names = tuple(_encode(k) for k, _ in action.fixed)
-                pairs = tuple((n, _encode(v)) for n, (_, v) in zip(names, action.fixed, strict=True))
-                lows = tuple(n.lower() for n in names)
-                if dynamic:
-                    src.emit(depth, f"new.extend({src.const(pairs)})")
-                    src.emit(depth, f"low.extend({src.const(lows)})")
-                else:
-                    known.extend(pairs)
-                    known_low.extend(lows)
-            if answered:
-                break
-    except _NotCovered:
-        return None
-    if dynamic:
-        src.emit(1, "return (tuple(new), tuple(low)) if new else None")
-    elif not answered:
-        src.emit(1, f"return {src.const((tuple(known), tuple(known_low)) if known else None)}")
-    body, src.lines = src.lines, []
-    src.ns["FULL"] = FULL
-    src.emit(1, "target = req.target")
-    src.emit(1, "lower = req.lower")
-    src.emit(1, 'if target[:1] != b"/" or len(lower) != len(req.headers):')
-    src.emit(2, "return FULL")
-    src.emit(1, 'path_b, sep, query_b = target.partition(b"?")')
-    src.emit(1, "if sep and not query_b:")
-    src.emit(2, "return FULL  # running the phase writes the target back without its bare '?'")
-    if "m" in src.reads:
-        src.emit(1, 'm = req.method.decode("latin-1")')
-    if "p" in src.reads:
-        src.emit(1, 'p = path_b.decode("latin-1") or "/"')
-        src.emit(1, 'if "%" in p:')
-        src.emit(2, "p = _unquote(p)")
-    if "pa" in src.reads:
-        src.emit(1, 'if "\\n" in p or not p.isascii():')
-        src.emit(2, "return FULL")
-    text = "\n".join(["def run(req):", *src.lines, *body, ""])
-    exec(compile(text, "<traffic policy static request phase>", "exec"), src.ns)  # our fragments only
-    run: StaticRun = src.ns["run"]
-    return run

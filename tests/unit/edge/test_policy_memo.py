@@ -194,7 +194,8 @@ def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _fill(ep: Any, policy: Any, paths: list[str]) -> int:
-    """Requests for ``paths`` as the listener makes them; returns how many were replayed."""
+    """Requests for ``paths`` through the memo as the listener uses it (without the static function, so
+    that every miss runs in full); returns how many were replayed."""
     replayed = 0
     for path in paths:
         req = listener_request(b"GET", path.encode(), [(b"Host", b"app.hatchway.localhost")])

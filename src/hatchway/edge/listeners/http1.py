@@ -37,9 +37,8 @@ from hatchway.edge.policy_run import (
     MAX_POLICY_BODY,
     PolicyRun,
     connection_info,
-    decided,
-    remembered,
     reply_bytes,
+    shortcut,
 )
 from hatchway.edge.proxy import Request, client_head, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
@@ -424,12 +423,10 @@ class Http1Connection(asyncio.Protocol):
         run: PolicyRun | None = None
         if ep.policy is not None:
             # Request-phase rules only (``Endpoint.fast_add`` is None otherwise): they run here as well,
-            # or their outcome for this very request is replayed (``policy_run.remembered``), or a
-            # static phase is decided from the request's bytes (``policy_run.decided``).
-            memo = ep.request_outcomes
-            key = memo.key(req) if memo is not None and memo.active() else None
+            # or a static phase is settled without them (``policy_run.shortcut``).
             reply = None
-            if not ((key is not None and remembered(ep, key, req)) or decided(ep.policy, ep, req, key)):
+            settled, key = shortcut(ep.policy, ep, req)
+            if not settled:
                 run = PolicyRun(ep, ep.policy, req, self.conn_info)
                 reply = run.answer(req, b"")
                 if key is not None and reply is None:
@@ -677,12 +674,10 @@ class Http1Connection(asyncio.Protocol):
         self, ep: Endpoint, req: Request, body: Body
     ) -> tuple[PolicyRun | None, Reply | None]:
         """Run the endpoint's connect and request phases (reading a bounded body first if asked); no run
-        when a static request phase's outcome was replayed (``policy_run.remembered``) or decided from
-        the request's bytes (``policy_run.decided``)."""
+        when a static request phase was settled without one (``policy_run.shortcut``)."""
         assert ep.policy is not None
-        memo = ep.request_outcomes
-        key = memo.key(req) if memo is not None and memo.active() else None
-        if (key is not None and remembered(ep, key, req)) or decided(ep.policy, ep, req, key):
+        settled, key = shortcut(ep.policy, ep, req)
+        if settled:
             return None, None
         run = PolicyRun(ep, ep.policy, req, self.conn_info)
         reply = run.tcp_connect()
