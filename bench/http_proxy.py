@@ -543,7 +543,10 @@ def check_targets(rows: list[Row]) -> bool:
         ("256B http", "p99", 2.5, "p99 latency, 256 B plain HTTP: <= 2.5x nginx's"),
         ("256B https", "p99", 2.5, "p99 latency, 256 B HTTPS: <= 2.5x nginx's"),
     ]
-    print("\nTargets (from the issue; 1 MiB HTTPS and p99 of 1 MiB are shown above for information)")
+    print(
+        "\nTargets (from the issue, for Hatchway's own agent; the official SDK as the agent, 1 MiB HTTPS"
+        " and p99 of 1 MiB are information)"
+    )
     all_ok = True
     for target in ("hatchway", "hatchway-sdk"):
         for case, metric, bound, text in checks:
@@ -559,7 +562,11 @@ def check_targets(rows: list[Row]) -> bool:
             ok = ok and sum(s.errors for s in r.samples) == 0
             if target == "hatchway":
                 all_ok &= ok
-            print(f"  [{'met' if ok else 'MISSED'}] {target:<13} {text}: {ratio:.2f}x")
+                mark = "met" if ok else "MISSED"
+            else:
+                # The official SDK's own data path is not ours to speed up: its lines are information.
+                mark = "info: met" if ok else "info: below"
+            print(f"  [{mark}] {target:<13} {text}: {ratio:.2f}x")
     return all_ok
 
 
