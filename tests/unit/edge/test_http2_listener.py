@@ -19,15 +19,11 @@ import hashlib
 import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.settings
 import h11
 import pytest
 
@@ -35,13 +31,16 @@ from hatchway.agent.forward import make_forwarder
 from hatchway.agent.session import AgentSession
 from hatchway.agent.spec import parse_upstream
 from hatchway.edge.app import Edge, EdgeConfig
-from hatchway.edge.listeners.http2 import request_from_h2, split_host
+from hatchway.edge.listeners.http2 import Http2Connection, request_from_h2, split_host
 from hatchway.http.h1 import ChunkedScanner
 from hatchway.net import tls
+
+from h2_client import H2Client
 
 WAIT = 20.0
 HOST = "h2.hatchway.localhost"
 DOWN_HOST = "h2down.hatchway.localhost"
+KEPT_HOST = "h2kept.hatchway.localhost"
 
 
 # ---- the local app (HTTP/1.1, one request per connection: the edge opens a Proxy stream per h2 request) --
@@ -143,147 +142,78 @@ async def _serve(app: App, reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
 
 
-# ---- an HTTP/2 client -------------------------------------------------------------------------------------
+# ---- a keep-alive app (bodyless requests only): the edge keeps Proxy streams, the fast path answers ----
 @dataclass
-class Response:
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    informational: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    got_headers: asyncio.Event = field(default_factory=asyncio.Event)
-    reset: int | None = None
-
-    @property
-    def status(self) -> int:
-        return int(dict(self.headers)[b":status"])
-
-    def header(self, name: bytes) -> list[bytes]:
-        return [v for k, v in self.headers if k == name]
+class KeptApp:
+    port: int = 0
+    connections: int = 0  # upstream connections accepted so far
+    open: int = 0
+    served: list[tuple[int, str]] = field(default_factory=list)  # (connection number, path) per request
+    head_sent: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    hanging: asyncio.Event = field(default_factory=asyncio.Event)
+    hang_over: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: set[str] = field(default_factory=set)  # /drop paths seen once (closed without a response)
 
 
-class H2Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
-        self.responses: dict[int, Response] = {}
-        self.window = asyncio.Event()
-        self.terminated: h2.events.ConnectionTerminated | None = None
-        self.closed = asyncio.Event()
-        self.acknowledge = True
-        self.conn.initiate_connection()
-        self.flush()
-        self._task = asyncio.ensure_future(self._read_loop())
+def _ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
-    @classmethod
-    async def connect(cls, port: int, ca_pem: bytes, sni: str = HOST) -> H2Client:
-        ctx = tls.client_context(ca_pem)
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni)
-        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-        return cls(reader, writer)
 
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
+CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
 
-    async def _read_loop(self) -> None:
-        try:
-            while data := await self.reader.read(65536):
-                for ev in self.conn.receive_data(data):
-                    self._on_event(ev)
-                self.flush()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            self.closed.set()
-            for r in self.responses.values():
-                r.done.set()
-                r.got_headers.set()
 
-    def _on_event(self, ev: h2.events.Event) -> None:
-        if isinstance(ev, h2.events.ResponseReceived):
-            r = self.responses[ev.stream_id]
-            r.headers = list(ev.headers)
-            r.got_headers.set()
-        elif isinstance(ev, h2.events.InformationalResponseReceived):
-            self.responses[ev.stream_id].informational.append(list(ev.headers))
-        elif isinstance(ev, h2.events.DataReceived):
-            self.responses[ev.stream_id].body += ev.data
-            if self.acknowledge:
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-        elif isinstance(ev, h2.events.StreamEnded):
-            self.responses[ev.stream_id].done.set()
-        elif isinstance(ev, h2.events.StreamReset):
-            r = self.responses[ev.stream_id]
-            r.reset = ev.error_code
-            r.done.set()
-            r.got_headers.set()
-        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-            self.window.set()
-        elif isinstance(ev, h2.events.ConnectionTerminated):
-            self.terminated = ev
-
-    async def start(
-        self,
-        path: str,
-        method: str = "GET",
-        headers: Iterable[tuple[str, str]] = (),
-        body: AsyncIterator[bytes] | None = None,
-        authority: str = HOST,
-    ) -> int:
-        sid = self.conn.get_next_available_stream_id()
-        self.responses[sid] = Response()
-        pseudo = [(":method", method), (":authority", authority)]
-        if method != "CONNECT":  # a CONNECT request has no :scheme and no :path (RFC 9113 §8.5)
-            pseudo += [(":scheme", "https"), (":path", path)]
-        hdrs = [*pseudo, *headers]
-        self.conn.send_headers(sid, hdrs, end_stream=body is None)
-        self.flush()
-        if body is not None:
-            async for chunk in body:
-                await self.send(sid, chunk)
-            self.conn.end_stream(sid)
-            self.flush()
-        return sid
-
-    async def send(self, sid: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
-            if room <= 0:
-                self.window.clear()
-                await self.window.wait()
-                continue
-            self.conn.send_data(sid, view[:room])
-            self.flush()
-            view = view[room:]
-            await self.writer.drain()
-
-    async def response(self, sid: int) -> Response:
-        r = self.responses[sid]
-        await r.done.wait()
-        return r
-
-    async def request(self, path: str, **kw: object) -> Response:
-        sid = await self.start(path, **kw)  # type: ignore[arg-type]
-        return await self.response(sid)
-
-    def reset(self, sid: int) -> None:
-        self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-        self.flush()
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close_connection()
-            self.flush()
-        self.writer.close()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError, ssl.SSLError):
-            await self._task
-            await self.writer.wait_closed()
+async def _serve_kept(app: KeptApp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    app.connections += 1
+    number = app.connections
+    app.open += 1
+    try:
+        while True:
+            path = (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1].decode()
+            app.served.append((number, path))
+            if path.startswith("/small"):
+                extra = b"connection: keep-alive\r\nx-kept: yes\r\n"
+                writer.write(_ok(f"{path} on connection {number}".encode(), extra))
+            elif path.startswith("/split"):
+                # The head, then (once the test says so) the body: two reads for the agent.
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n")
+                await writer.drain()
+                app.head_sent.set()
+                await app.release.wait()
+                app.release.clear()
+                writer.write(b"second half")
+            elif path.startswith("/chunked"):
+                writer.write(CHUNKED)
+            elif path.startswith("/big"):
+                writer.write(_ok(bytes(range(256)) * int(path.partition("=")[2])))
+            elif path.startswith("/interim"):
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n" + _ok(b"after hints"))
+            elif path.startswith("/last"):
+                # A whole response, then the app closes the connection without announcing it.
+                writer.write(_ok(b"last"))
+                await writer.drain()
+                return
+            elif path.startswith("/drop") and path not in app.dropped:
+                # A kept-alive connection the app closes as a request arrives (its keep-alive timeout).
+                app.dropped.add(path)
+                return
+            elif path.startswith("/drop"):
+                writer.write(_ok(b"second try"))
+            elif path.startswith("/hang"):
+                app.hanging.set()
+                await reader.read(1)  # until the agent drops this connection
+                app.hang_over.set()
+                return
+            else:
+                writer.write(b"this is not HTTP at all\r\n\r\n")
+                await writer.drain()
+                return
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        app.open -= 1
+        writer.close()
 
 
 # ---- fixtures --------------------------------------------------------------------------------------------
@@ -292,13 +222,14 @@ class Setup:
     edge: Edge
     app: App
     agent: AgentSession
+    kept: KeptApp
 
     @property
     def https_port(self) -> int:
         return self.edge.addresses["https"][1]
 
     async def client(self) -> H2Client:
-        return await H2Client.connect(self.https_port, self.edge.certs.ca_pem)
+        return await H2Client.connect(self.https_port, self.edge.certs.ca_pem, HOST)
 
 
 @pytest.fixture
@@ -306,6 +237,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     app = App()
     server = await asyncio.start_server(lambda r, w: _serve(app, r, w), "127.0.0.1", 0)
     app.port = server.sockets[0].getsockname()[1]
+    kept = KeptApp()
+    kept_server = await asyncio.start_server(lambda r, w: _serve_kept(kept, r, w), "127.0.0.1", 0)
+    kept.port = kept_server.sockets[0].getsockname()[1]
     edge = Edge(
         EdgeConfig(
             data_dir=tmp_path / "edge",
@@ -323,11 +257,13 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     try:
         await agent.bind("https", {"Hostname": HOST}, make_forwarder(parse_upstream(str(app.port))))
         await agent.bind("https", {"Hostname": DOWN_HOST}, make_forwarder(parse_upstream("127.0.0.1:1")))
-        yield Setup(edge, app, agent)
+        await agent.bind("https", {"Hostname": KEPT_HOST}, make_forwarder(parse_upstream(str(kept.port))))
+        yield Setup(edge, app, agent, kept)
     finally:
         await agent.aclose()
         await edge.aclose(drain=1.0)
         server.close()
+        kept_server.close()
 
 
 # ---- tests -----------------------------------------------------------------------------------------------
@@ -620,9 +556,153 @@ def test_request_from_h2() -> None:
     assert (b"cookie", b"a=1; b=2") in req.headers
     assert all(v != b"ignored.example" for _, v in req.headers)
     assert req.has_body and req.chunked
+    # Names and Connection tokens come known, so ``upstream_head`` can write the head straight out.
+    assert req.lower == [k for k, _ in req.headers] and req.connection == frozenset()
+    odd = request_from_h2([(b":method", b"GET"), (b":path", b"/"), (b"connection", b"X-A, close")], 0, "", 0)
+    assert odd.connection == {b"x-a", b"close"}
     whole = request_from_h2([(b":method", b"POST"), (b":path", b"/")], 3, "192.0.2.1", 5)
     assert not whole.chunked and whole.has_body and (b"content-length", b"3") in whole.headers
     empty = request_from_h2([(b":method", b"GET"), (b":path", b"/")], 0, "192.0.2.1", 5)
     assert not empty.has_body and not empty.chunked
     assert split_host(b"[::1]:8443") == "::1"
     assert split_host(b"example.com") == "example.com"
+
+
+# ---- the fast path (kept Proxy streams, answered from the receive callbacks) ---------------------------
+async def _kept_client(setup: Setup) -> H2Client:
+    return await H2Client.connect(setup.https_port, setup.edge.certs.ca_pem, KEPT_HOST)
+
+
+def _count_spawns(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every exchange the general path runs as a task (the fast path runs none) is recorded here."""
+    spawned: list[int] = []
+    original = Http2Connection._spawn
+
+    def spy(self: Http2Connection, st: Any, resume: bytes | None = None) -> None:
+        spawned.append(st.sid)
+        original(self, st, resume)
+
+    monkeypatch.setattr(Http2Connection, "_spawn", spy)
+    return spawned
+
+
+async def test_fast_path_answers_on_kept_streams(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first request opened a Proxy stream, bodyless requests are answered without a task, on
+    the same upstream connection, with the same header rules as the general path."""
+    spawned = _count_spawns(monkeypatch)
+    async with asyncio.timeout(WAIT):
+        client = await _kept_client(setup)
+        try:
+            first = await client.request("/small?n=0")
+            assert spawned == [1]  # no kept stream yet: the general path opened one
+            rs = [await client.request(f"/small?n={i}") for i in range(1, 21)]
+            sequential = list(spawned)
+            both = await asyncio.gather(*(client.request(f"/small?pair={i}") for i in range(2)))
+        finally:
+            await client.aclose()
+    assert sequential == [1]
+    for i, r in enumerate([first, *rs]):
+        assert r.status == 200 and r.reset is None
+        assert r.body == f"/small?n={i} on connection 1".encode()
+        assert r.header(b"x-kept") == [b"yes"] and r.header(b"connection") == []
+        assert r.header(b"content-length") == [str(len(r.body)).encode()]
+    assert all(r.status == 200 and r.body.startswith(b"/small?pair=") for r in both)
+    # One kept stream served all 21 sequential requests over one upstream connection.
+    assert {n for n, p in setup.kept.served if "?n=" in p} == {1}
+
+
+async def test_fast_path_hands_over_what_it_cannot_finish(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head split from its body, a chunked or larger-than-window body, an interim response and an
+    invalid response all start on the fast path; each ends as the general path would end it. A small
+    body that comes after its head is still answered on the fast path."""
+    spawned = _count_spawns(monkeypatch)
+    async with asyncio.timeout(WAIT):
+        client = await _kept_client(setup)
+        try:
+            assert (await client.request("/small")).status == 200  # a kept stream now exists
+            sid = await client.start("/split")
+            await setup.kept.head_sent.wait()
+            setup.kept.release.set()
+            split = await client.response(sid)
+            assert spawned == [1]
+            chunked = await client.request("/chunked")
+            big = await client.request("/big?n=1024")  # 256 KiB: over the client's 64 KiB window
+            interim = await client.request("/interim")
+            broken = await client.request("/broken")
+            after = await client.request("/small?after=broken")
+        finally:
+            await client.aclose()
+    assert split.status == 200 and split.body == b"second half"
+    assert (
+        chunked.status == 200 and chunked.body == b"hello world" and chunked.header(b"content-length") == []
+    )
+    assert big.status == 200 and big.reset is None and big.body == bytes(range(256)) * 1024
+    assert interim.informational == [[(b":status", b"103"), (b"link", b"</a.css>")]]
+    assert interim.status == 200 and interim.body == b"after hints"
+    assert broken.status == 502 and broken.header(b"ngrok-error-code") == [b"ERR_NGROK_3004"]
+    assert after.status == 200
+
+
+async def test_fast_path_retries_a_kept_stream_whose_upstream_left(setup: Setup) -> None:
+    """The app closes a kept-alive connection right after a response, or as the next request arrives: the
+    request still succeeds (on a fresh Proxy stream and upstream connection), never a 502."""
+    async with asyncio.timeout(WAIT):
+        client = await _kept_client(setup)
+        try:
+            for i in range(5):
+                last = await client.request(f"/last?i={i}")
+                assert last.status == 200 and last.body == b"last"
+                r = await client.request(f"/small?i={i}")
+                assert r.status == 200 and r.reset is None, r.headers
+                dropped = await client.request(f"/drop?i={i}")
+                assert dropped.status == 200 and dropped.body == b"second try", dropped.headers
+        finally:
+            await client.aclose()
+    assert [p for _, p in setup.kept.served if p.startswith("/drop")] == [
+        f"/drop?i={i}" for i in range(5) for _ in (0, 1)
+    ]
+
+
+async def test_fast_path_client_reset_drops_the_upstream(setup: Setup) -> None:
+    """A client reset of a request waiting on the fast path resets its Proxy stream: the agent drops that
+    upstream connection, and the client connection and the tunnel go on serving."""
+    async with asyncio.timeout(WAIT):
+        client = await _kept_client(setup)
+        try:
+            assert (await client.request("/small")).status == 200
+            sid = await client.start("/hang")
+            await setup.kept.hanging.wait()
+            client.reset(sid)
+            await setup.kept.hang_over.wait()
+            assert (await client.request("/small?after=reset")).status == 200
+        finally:
+            await client.aclose()
+    assert not setup.agent.conn.is_closed
+
+
+async def test_edge_shutdown_drains_a_fast_exchange(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exchange waiting on the fast path counts as in flight: a closing edge lets it finish."""
+    asked = asyncio.Event()
+    original = Http2Connection.in_flight
+
+    def spy(self: Http2Connection) -> list[asyncio.Future[None]]:
+        asked.set()
+        return original(self)
+
+    monkeypatch.setattr(Http2Connection, "in_flight", spy)
+    async with asyncio.timeout(WAIT):
+        client = await _kept_client(setup)
+        try:
+            assert (await client.request("/small")).status == 200
+            sid = await client.start("/split")
+            await setup.kept.head_sent.wait()
+            closing = asyncio.ensure_future(setup.edge.aclose(drain=WAIT))
+            await asyncio.wait_for(asked.wait(), WAIT)  # the edge has listed what it will wait for
+            setup.kept.release.set()
+            r = await client.response(sid)
+            await closing
+        finally:
+            await client.aclose()
+    assert r.status == 200 and r.body == b"second half"

@@ -1,17 +1,22 @@
 """HTTP/2 client connections at the edge (HTTPS clients that chose ``h2`` by ALPN).
 
-One ``Http2Connection`` drives an ``h2`` server connection for one client socket. Every h2 request gets its
-own task (owned by the connection, cancelled when it closes) and its own NEW Proxy stream: the agent side
-stays HTTP/1.1, so the request is written as an HTTP/1.1 head (``edge/proxy.upstream_head``) plus its body
-(chunk-encoded when its length is not known), and the HTTP/1.1 response read back from the stream is
-turned into HEADERS and DATA frames (chunked bodies decoded, close-delimited bodies read to the stream's
-end). Flow control holds both ways: client DATA is acknowledged only once the Proxy stream took it, and
-response bytes are read from the Proxy stream only while the client's h2 window and socket buffer have
-room. All frames one loop iteration produces go out in one ``transport.write``.
+One ``Http2Connection`` drives an ``h2`` server connection for one client socket. Each h2 request gets a
+Proxy stream of its own: a kept one that ended its last exchange cleanly (so the agent reuses its upstream
+connection), or a new one. The agent side stays HTTP/1.1, so the request is written as an HTTP/1.1 head
+(``edge/proxy.upstream_head``) plus its body (chunk-encoded when its length is not known), and the
+HTTP/1.1 response read back from the stream is turned into HEADERS and DATA frames (chunked bodies
+decoded, close-delimited bodies read to the stream's end). The general path runs each exchange as a task
+(owned by the connection, cancelled when it closes). The fast path answers the commonest exchange (a
+bodyless request on a kept stream, a small whole response, no policy) from the receive callbacks with
+no task at all, and hands anything else to the general path mid-exchange. Flow control holds both ways:
+client DATA is acknowledged only once the Proxy stream took it, and response bytes are read from the
+Proxy stream only while the client's h2 window and socket buffer have room. All frames one loop
+iteration produces go out in one ``transport.write``.
 
-This module must not parse HTTP/1.1 requests, reuse Proxy streams across h2 requests, buffer whole
-bodies, or let one client's failure (a reset, a protocol error, a dropped socket) touch the tunnel or
-any other client. Extended CONNECT (WebSockets over h2) is not offered; CONNECT gets 501.
+This module must not parse HTTP/1.1 requests, share a Proxy stream between two h2 requests at once,
+buffer whole bodies (the fast path holds at most ``MAX_FAST_RESPONSE``), or let one client's failure (a
+reset, a protocol error, a dropped socket) touch the tunnel or any other client. Extended CONNECT
+(WebSockets over h2) is not offered; CONNECT gets 501.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import cast
 
 import h2.config
@@ -36,7 +42,7 @@ from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, connection_info
 from hatchway.edge.proxy import Request, response_headers, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
-from hatchway.errors import SessionClosedError, StreamResetError
+from hatchway.errors import LocalProtocolError, SessionClosedError, StreamResetError
 from hatchway.http import headers as hh
 from hatchway.http.h1 import (
     LAST_CHUNK,
@@ -47,6 +53,7 @@ from hatchway.http.h1 import (
     ResponseHead,
     encode_chunk,
     parse_response_head,
+    response_framing,
 )
 from hatchway.net.sockets import tune
 from hatchway.net.transport import MuxStream
@@ -67,6 +74,9 @@ H2Headers = list[tuple[bytes, bytes]]
 
 
 MAX_IDLE_STREAMS = 16  # kept Proxy streams per endpoint and client connection
+# The fast path keeps a response head, or a whole small body, until it has come in full; beyond this the
+# general path relays it.
+MAX_FAST_RESPONSE = 64 * 1024
 
 
 class _ClientGone(Exception):
@@ -126,6 +136,7 @@ def request_from_h2(
     if body_length and not has_length:
         regular.append((b"content-length", b"%d" % body_length))
         has_length = True
+    lower = [k.lower() for k, _ in regular]  # h2 names are lowercase already: this is a copy in effect
     return Request(
         method=method,
         target=path or b"/",
@@ -137,6 +148,10 @@ def request_from_h2(
         scheme=scheme,
         chunked=has_body and not has_length,
         has_body=has_body,
+        lower=lower,
+        # h2 refuses a Connection header in a request (RFC 9113 §8.2.2), so this is nearly always empty,
+        # and ``upstream_head`` may then write the head straight out.
+        connection=frozenset(hh.connection_tokens(regular)) if b"connection" in lower else frozenset(),
     )
 
 
@@ -170,18 +185,23 @@ class _Stream:
 
     __slots__ = (
         "body",
+        "buf",
         "complete",
         "ended",
         "endpoint",
+        "fast",
         "headers",
         "proxy",
         "readable",
         "replied",
+        "req",
         "reset",
         "reusable",
+        "sent_host",
         "sid",
         "task",
         "upstream_done",
+        "waiter",
         "window",
     )
 
@@ -200,6 +220,13 @@ class _Stream:
         self.reusable = False  # the response ended exactly where its framing said: the stream can serve again
         self.endpoint: Endpoint | None = None
         self.task: asyncio.Task[None] | None = None
+        # The fast path (``Http2Connection._fast_start``): the request it sent, the Host that went with
+        # it, and what has come back of the response so far.
+        self.fast = False
+        self.req: Request | None = None
+        self.sent_host = b""
+        self.buf = b""
+        self.waiter: asyncio.Future[None] | None = None  # made when a draining edge asks; set at the end
 
 
 def _wake(fut: asyncio.Future[None] | None) -> None:
@@ -298,6 +325,9 @@ class Http2Connection(asyncio.Protocol):
                     st4.reset = True
                     if st4.task is not None:
                         st4.task.cancel()
+                    elif st4.fast:
+                        self._fast_stop(st4)
+                        self._finish(st4)
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 for st in self._streams.values():
                     _wake(st.window)
@@ -320,6 +350,9 @@ class Http2Connection(asyncio.Protocol):
         for st in list(self._streams.values()):
             if st.task is not None:
                 st.task.cancel()  # its done callback resets the Proxy stream
+            elif st.fast:
+                self._fast_stop(st)
+                self._finish(st)
         for w in self._drain_waiters:
             _wake(w)
         self._drain_waiters.clear()
@@ -335,8 +368,17 @@ class Http2Connection(asyncio.Protocol):
         self._drain_waiters.clear()
 
     # ---- public ---------------------------------------------------------------------------------------
-    def in_flight(self) -> list[asyncio.Task[None]]:
-        return [st.task for st in self._streams.values() if st.task is not None and not st.task.done()]
+    def in_flight(self) -> list[asyncio.Future[None]]:
+        waiting: list[asyncio.Future[None]] = []
+        for st in self._streams.values():
+            if st.task is not None:
+                if not st.task.done():
+                    waiting.append(st.task)
+            elif st.fast:
+                if st.waiter is None:
+                    st.waiter = self._loop.create_future()
+                waiting.append(st.waiter)
+        return waiting
 
     def shutdown(self) -> None:
         """GOAWAY and close (edge shutdown, after requests in flight had their chance to finish)."""
@@ -382,7 +424,12 @@ class Http2Connection(asyncio.Protocol):
         headers: H2Headers = ev.headers
         st = _Stream(ev.stream_id, headers, ev.stream_ended is not None)
         self._streams[st.sid] = st
-        st.task = self._loop.create_task(self._run(st), name=f"h2-stream-{st.sid}")
+        if not (st.ended and self._fast_start(st)):
+            self._spawn(st)
+
+    def _spawn(self, st: _Stream, resume: bytes | None = None) -> None:
+        """Run the exchange as a task (``resume``: take over a fast one, with what came back of it)."""
+        st.task = self._loop.create_task(self._run(st, resume), name=f"h2-stream-{st.sid}")
         # A done callback, not a ``finally``: it also runs for a task cancelled before it ever started
         # (HEADERS, DATA and RST_STREAM in one read), so the stream's buffered DATA is always given back.
         st.task.add_done_callback(lambda _t: self._finish(st))
@@ -394,6 +441,115 @@ class Http2Connection(asyncio.Protocol):
                 proxy.send_eof()
             else:
                 proxy.reset(ErrorCode.STREAM_CANCELLED)
+
+    # ---- the fast path ----------------------------------------------------------------------------------
+    # A bodyless request to an endpoint without a policy, with a kept Proxy stream at hand, is sent from
+    # the receive callback; a response that comes whole in what the agent sent (a final status, a
+    # Content-Length body that the client's windows take at once) is answered from the Proxy stream's
+    # sink. No task, future or await for the commonest exchange. Anything else is handed to the general
+    # path (``_spawn`` with ``resume``), which reads on from what arrived; so does a stream that ends.
+    def _fast_start(self, st: _Stream) -> bool:
+        req = request_from_h2(st.headers, 0, self.client_ip, self.client_port, self.scheme)
+        if not req.host or req.method in (b"CONNECT", b"HEAD"):
+            return False
+        ep = self.registry.route(self.scheme, req.host)
+        if ep is None or ep.policy is not None or ep.ws_tcp:
+            return False
+        proxy = self._take_idle(ep)
+        if proxy is None:
+            return False
+        head, sent_host = upstream_head(ep, req)
+        try:
+            # The whole head must go now: a part left waiting for window would need a task after all.
+            if proxy.connection.session.send_window(proxy.id) < len(head):
+                self._idle[id(ep)].append(proxy)
+                return False
+            proxy.write_nowait(head)
+        except (SessionClosedError, StreamResetError, LocalProtocolError):
+            proxy.reset(ErrorCode.STREAM_CANCELLED)
+            return False
+        st.fast = True
+        st.req, st.endpoint, st.proxy, st.sent_host = req, ep, proxy, sent_host
+        proxy.set_sink(partial(self._fast_data, st), partial(self._fast_end, st))
+        return True
+
+    def _fast_data(self, st: _Stream, data: bytes) -> bool:
+        """Response bytes from the tunnel's receive callback. Never raises: the tunnel must not feel it."""
+        if not st.fast:
+            return False
+        buf = st.buf + data if st.buf else data
+        try:
+            self._fast_answer(st, buf)
+        except Exception:
+            logger.exception("h2 fast path failed")
+            self._fast_stop(st)
+            self._reset_client(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self._finish(st)
+        return True
+
+    def _fast_answer(self, st: _Stream, buf: bytes) -> None:
+        req, ep = st.req, st.endpoint
+        assert req is not None and ep is not None
+        try:
+            head = parse_response_head(buf)
+            framing, length = response_framing(head, req.method) if head is not None else (Framing.NONE, 0)
+        except H1Error:
+            self._fast_handover(st, buf)  # the general path reports it (ERR_NGROK_3004)
+            return
+        if head is None:
+            if len(buf) > MAX_FAST_RESPONSE:
+                self._fast_handover(st, buf)
+            else:
+                st.buf = buf  # the rest of the head is on its way
+            return
+        body = len(buf) - head.size
+        if head.status < 200 or framing is not Framing.LENGTH or body > length:
+            self._fast_handover(st, buf)
+            return
+        if body < length:
+            if length > MAX_FAST_RESPONSE:
+                self._fast_handover(st, buf)
+            else:
+                st.buf = buf  # a small body split across frames
+            return
+        conn = self.h2
+        if self.closed or st.reset:
+            self._fast_stop(st)
+            self._finish(st)
+            return
+        if length > min(conn.local_flow_control_window(st.sid), conn.max_outbound_frame_size):
+            self._fast_handover(st, buf)  # the general path waits for the client's window
+            return
+        hdrs = h2_response_headers(ep, req, head, framing, st.sent_host)
+        self._fast_stop(st)
+        try:
+            conn.send_headers(st.sid, hdrs, end_stream=length == 0)
+            if length:
+                conn.send_data(st.sid, memoryview(buf)[head.size :], end_stream=True)
+        except h2.exceptions.ProtocolError:
+            st.reset = True  # the client's side of the stream is gone (its RST is in the same read)
+        else:
+            st.replied = st.complete = True
+            st.reusable = b"close" not in head.connection
+            self._schedule_flush()
+        self._finish(st)
+
+    def _fast_end(self, st: _Stream) -> None:
+        """The Proxy stream ended or was reset before the response was relayed."""
+        if st.fast:
+            buf = st.buf
+            self._fast_stop(st)
+            self._spawn(st, resume=buf)  # it reads the end, then retries or answers with an error
+
+    def _fast_handover(self, st: _Stream, buf: bytes) -> None:
+        self._fast_stop(st)
+        self._spawn(st, resume=buf)
+
+    def _fast_stop(self, st: _Stream) -> None:
+        st.fast = False
+        st.buf = b""
+        if st.proxy is not None:
+            st.proxy.set_sink(None)
 
     # ---- h2 output for one stream (raise _ClientGone when the stream or connection is gone) ------------
     def _send_headers(self, st: _Stream, headers: H2Headers, end: bool = False) -> None:
@@ -461,9 +617,13 @@ class Http2Connection(asyncio.Protocol):
         await self._respond(st, headers, body)
 
     # ---- one exchange -----------------------------------------------------------------------------------
-    async def _run(self, st: _Stream) -> None:
+    async def _run(self, st: _Stream, resume: bytes | None = None) -> None:
         try:
-            await self._exchange(st)
+            if resume is None:
+                await self._exchange(st)
+            else:
+                assert st.endpoint is not None and st.req is not None
+                await self._proxy(st, st.endpoint, st.req, None, resume)
         except _ClientGone:
             pass
         except _Cut:
@@ -498,6 +658,7 @@ class Http2Connection(asyncio.Protocol):
             self._reset_client(st, h2.errors.ErrorCodes.NO_ERROR)
         while st.body:
             self._ack(st.sid, st.body.popleft()[1])
+        _wake(st.waiter)
 
     async def _exchange(self, st: _Stream) -> None:
         # A body that ended in the same read as the HEADERS is known whole (often an empty DATA frame
@@ -573,11 +734,17 @@ class Http2Connection(asyncio.Protocol):
         hdrs += [(k.lower(), v) for k, v in head.headers if k.lower() not in hh.HOP_BY_HOP]
         await self._respond(st, hdrs, raw[head.size :])
 
-    async def _proxy(self, st: _Stream, ep: Endpoint, req: Request, run: PolicyRun | None) -> None:
+    async def _proxy(
+        self, st: _Stream, ep: Endpoint, req: Request, run: PolicyRun | None, resume: bytes | None = None
+    ) -> None:
+        """Send the request on a Proxy stream and relay the response. ``resume``: a fast exchange that
+        stopped (its head went out on ``st.proxy``, a kept stream, and ``resume`` is what came back)."""
         head, sent_host = upstream_head(ep, req)
         st.endpoint = ep
         for attempt in (0, 1):
-            st.proxy = self._take_idle(ep)
+            resumed = resume is not None and attempt == 0  # the head went out already, on st.proxy
+            if not resumed:
+                st.proxy = self._take_idle(ep)
             reused = st.proxy is not None
             if st.proxy is None:
                 try:
@@ -590,13 +757,15 @@ class Http2Connection(asyncio.Protocol):
             stream = st.proxy
             sender: asyncio.Task[None] | None = None
             try:
-                try:
-                    await stream.write(head)
-                except (SessionClosedError, StreamResetError) as exc:
-                    raise NoResponse(refused=False, detail=str(exc)) from exc
+                if not resumed:
+                    try:
+                        await stream.write(head)
+                    except (SessionClosedError, StreamResetError) as exc:
+                        raise NoResponse(refused=False, detail=str(exc)) from exc
                 if req.has_body:
                     sender = self._loop.create_task(self._send_body(st, req, stream))
-                await self._relay_response(st, ep, req, stream, sent_host, run)
+                prefix = resume if resume is not None and resumed else b""
+                await self._relay_response(st, ep, req, stream, sent_host, run, prefix)
                 return
             except NoResponse as exc:
                 self._drop_proxy(st, graceful=False)
@@ -662,12 +831,13 @@ class Http2Connection(asyncio.Protocol):
         stream: MuxStream,
         sent_host: bytes,
         run: PolicyRun | None = None,
+        prefix: bytes = b"",
     ) -> None:
         def interim(head: ResponseHead) -> None:
             # Interim responses (100 Continue, 103 Early Hints) go out as informational HEADERS.
             self._send_headers(st, h2_response_headers(ep, req, head, Framing.NONE, sent_host))
 
-        rhead, framing, length, buf = await read_response_head(stream, req.method, interim)
+        rhead, framing, length, buf = await read_response_head(stream, req.method, interim, prefix)
         if rhead.status == 101:
             raise NoResponse(refused=False, detail="101 Switching Protocols on an HTTP/2 request")
         first = memoryview(buf)[rhead.size :]
