@@ -291,6 +291,12 @@ def serving(server: socketserver.BaseServer) -> Iterator[None]:
     """Run ``server`` on a daemon thread (its handlers too, when it has threads) until the block ends."""
     if isinstance(server, socketserver.ThreadingMixIn):
         server.daemon_threads = True
+    sock = getattr(server, "socket", None)
+    if isinstance(sock, socket.socket):
+        # A client that gives up between the selector's "readable" and accept() would leave a blocking
+        # accept() waiting for ever, and shutdown() below with it (seen once in a full run). With a
+        # timeout, accept() gives up too; sockets it returns are still blocking (socket.accept).
+        sock.settimeout(1.0)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:

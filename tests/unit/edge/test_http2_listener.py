@@ -154,6 +154,7 @@ class KeptApp:
     hanging: asyncio.Event = field(default_factory=asyncio.Event)
     hang_over: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: set[str] = field(default_factory=set)  # /drop paths seen once (closed without a response)
+    heads: list[bytes] = field(default_factory=list)  # every request head, as the agent wrote it
 
 
 def _ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -169,8 +170,10 @@ async def _serve_kept(app: KeptApp, reader: asyncio.StreamReader, writer: asynci
     app.open += 1
     try:
         while True:
-            path = (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1].decode()
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
             app.served.append((number, path))
+            app.heads.append(head)
             if path.startswith("/small"):
                 extra = b"connection: keep-alive\r\nx-kept: yes\r\n"
                 writer.write(_ok(f"{path} on connection {number}".encode(), extra))
@@ -706,3 +709,37 @@ async def test_edge_shutdown_drains_a_fast_exchange(setup: Setup, monkeypatch: p
         finally:
             await client.aclose()
     assert r.status == 200 and r.body == b"second half"
+
+
+STATIC_POLICY = json.dumps(
+    {
+        "on_http_request": [
+            {"expressions": ["req.url.path.startsWith('/deny')"], "actions": [{"type": "deny"}]},
+            {"actions": [{"type": "add-headers", "config": {"headers": {"x-policy": "fixed"}}}]},
+        ]
+    }
+)
+
+
+async def test_fast_path_with_a_static_policy(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static request phase settled without a run (memo or static function) keeps h2 requests on the
+    fast path, with its headers added; a request the phase answers still gets the phase's answer."""
+    host = "h2policy.hatchway.localhost"
+    forward = make_forwarder(parse_upstream(str(setup.kept.port)))
+    await setup.agent.bind("https", {"Hostname": host, "TrafficPolicy": STATIC_POLICY}, forward)
+    spawned = _count_spawns(monkeypatch)
+    async with asyncio.timeout(WAIT):
+        client = await H2Client.connect(setup.https_port, setup.edge.certs.ca_pem, host)
+        try:
+            rs = [await client.request(f"/small?n={i}") for i in range(10)]
+            denied = await client.request("/deny/this")
+            after = await client.request("/small?after=deny")
+        finally:
+            await client.aclose()
+    assert all(r.status == 200 and r.body.startswith(b"/small?n=") for r in rs)
+    assert denied.status == 403 and after.status == 200
+    # Only the first request (no kept stream yet) and the denied one ran as tasks.
+    assert len(spawned) == 2
+    sent = [h for h in setup.kept.heads if b"/small" in h]
+    assert len(sent) == 11 and all(b"\r\nx-policy: fixed\r\n" in h for h in sent)
+    assert not any(b"/deny" in h for h in setup.kept.heads)

@@ -38,7 +38,13 @@ import h2.exceptions
 import h2.settings
 
 from hatchway.edge import errors
-from hatchway.edge.policy_run import MAX_POLICY_BODY, PolicyRun, connection_info, reply_bytes
+from hatchway.edge.policy_run import (
+    MAX_POLICY_BODY,
+    PolicyRun,
+    connection_info,
+    reply_bytes,
+    shortcut,
+)
 from hatchway.edge.proxy import Request, response_headers, upstream_head
 from hatchway.edge.registry import Endpoint, Registry
 from hatchway.edge.upstream import NoResponse, read_response_head
@@ -443,7 +449,8 @@ class Http2Connection(asyncio.Protocol):
                 proxy.reset(ErrorCode.STREAM_CANCELLED)
 
     # ---- the fast path ----------------------------------------------------------------------------------
-    # A bodyless request to an endpoint without a policy, with a kept Proxy stream at hand, is sent from
+    # A bodyless request with a kept Proxy stream at hand, to an endpoint without a policy or whose static
+    # request phase is settled without running it (``policy_run.shortcut``), is sent from
     # the receive callback; a response that comes whole in what the agent sent (a final status, a
     # Content-Length body that the client's windows take at once) is answered from the Proxy stream's
     # sink. No task, future or await for the commonest exchange. Anything else is handed to the general
@@ -453,10 +460,15 @@ class Http2Connection(asyncio.Protocol):
         if not req.host or req.method in (b"CONNECT", b"HEAD"):
             return False
         ep = self.registry.route(self.scheme, req.host)
-        if ep is None or ep.policy is not None or ep.ws_tcp:
+        # ``fast_add`` is None for a policy with more than request-phase rules (see the registry).
+        if ep is None or ep.ws_tcp or (ep.policy is not None and ep.fast_add is None):
             return False
         proxy = self._take_idle(ep)
         if proxy is None:
+            return False
+        if ep.policy is not None and not shortcut(ep.policy, ep, req)[0]:
+            # Not settled by the memo or the static function: the general path runs the phase in full.
+            self._idle[id(ep)].append(proxy)
             return False
         head, sent_host = upstream_head(ep, req)
         try:
