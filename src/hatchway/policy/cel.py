@@ -701,8 +701,10 @@ def _query_fn(name: str) -> Value:
 Truth = Callable[[Exchange], bool]
 # A strict condition as data, for the engine's phase compiler (``policy/phase_code.py``) to write inline:
 # ("method", const, negate), ("path_eq", const, negate), ("path_test", startsWith|endsWith|contains, arg),
-# ("path_matches", search, slow), ("header", lower-case name, closure), ("and"|"or", a, b), ("not", a), or
-# ("call", closure) for any other strict closure. Every form answers exactly what its closure answers.
+# ("path_search", search) (right only under a path_guard), ("path_guard", inner form, slow: CEL's answer
+# where re and RE2 may differ on the path), ("header", lower-case name, closure), ("and"|"or", a, b),
+# ("not", a), or ("call", closure) for any other strict closure. Every form answers exactly what its
+# closure answers.
 Inline = tuple[Any, ...]
 _STR_TESTS: Final[dict[str, Callable[[str, str], bool]]] = {
     "startsWith": str.startswith,
@@ -737,12 +739,9 @@ def _str_test(name: str, key: str, arg: str) -> Truth:
 
 
 def _str_matches(key: str, search: Callable[[str], Any], slow: Truth | None) -> Callable[[Exchange], Any]:
-    """``<string leaf>.matches('re')``: DEFER (or, as the whole condition, ``slow``) where RE2 and re may
-    differ, True/False otherwise."""
-    if key == "req.url.path":
-        read: Value = _decoded_path
-    else:
-        read = _str_read(key)
+    """``<string leaf>.matches('re')`` on a leaf other than the path (that one is ``_path_guarded``):
+    DEFER (or, as the whole condition, ``slow``) where RE2 and re may differ, True/False otherwise."""
+    read = _str_read(key)
     if slow is None:
 
         def matches(ex: Exchange) -> Any:
@@ -752,18 +751,6 @@ def _str_matches(key: str, search: Callable[[str], Any], slow: Truth | None) -> 
             return search(x) is not None
 
         return matches
-
-    if key == "req.url.path":
-
-        def path_matches_or_cel(ex: Exchange) -> bool:
-            p = ex.req.path or "/"
-            if "%" in p:
-                p = unquote(p)
-            if "\n" in p or not p.isascii():
-                return slow(ex)
-            return search(p) is not None
-
-        return path_matches_or_cel
 
     def matches_or_cel(ex: Exchange) -> bool:
         x = read(ex)
@@ -849,9 +836,10 @@ class _Parser:
         self.paths: dict[Value, str] = {}
         # The strict closures as ``Inline`` data.
         self.inline: dict[Bool, Inline] = {}
-        # ``req.url.path.matches(re)`` closures (not strict: they defer to CEL where re and RE2 may
-        # differ), with their compiled search.
-        self.path_search: dict[Bool, Callable[[str], Any]] = {}
+        # Whether the condition has a ``req.url.path.matches(re)``. Those are strict closures here, right
+        # only where Python's re and RE2 agree on the path (ASCII, no newline): ``fast_condition`` then
+        # guards the whole condition with that test and lets CEL decide the rest.
+        self.path_guard = False
 
     def strict_(self, fn: Truth, inline: Inline | None = None) -> Bool:
         self.strict.add(fn)
@@ -1048,10 +1036,11 @@ class _Parser:
             inline = ("path_test", name, arg) if key == "req.url.path" else None
             return self.strict_(_str_test(name, key, arg), inline)
         search = _regex(arg)
+        if key == "req.url.path":
+            self.path_guard = True
+            return self.strict_(lambda ex: search(_decoded_path(ex)) is not None, ("path_search", search))
         fn = _str_matches(key, search, None)
         self.whole[fn] = lambda slow: _str_matches(key, search, slow)
-        if key == "req.url.path":
-            self.path_search[fn] = search
         return fn
 
     def call(self, name: str) -> tuple[str, Callable[[Exchange], Any]]:
@@ -1114,13 +1103,20 @@ def fast_condition(toks: list[Tok], slow: Truth) -> tuple[Bool, Truth, Inline] |
         return None
     if not parser.done():
         return None
+    if parser.path_guard:
+        return _path_guarded(fn, fn in parser.strict, parser.inline.get(fn), slow)
     if fn in parser.strict:
         return fn, fn, parser.inline[fn]
     whole = parser.whole.get(fn)
     if whole is not None:
         alone = whole(slow)
-        search = parser.path_search.get(fn)
-        return fn, alone, ("path_matches", search, slow) if search is not None else ("call", alone)
+        return fn, alone, ("call", alone)
+    truth = _deferring(fn, slow)
+    return fn, truth, ("call", truth)
+
+
+def _deferring(fn: Bool, slow: Truth) -> Truth:
+    """``fn`` as a rule's truth: True or False as it answers, CEL (``slow``) where it defers."""
 
     def truth(ex: Exchange) -> bool:
         r = fn(ex)
@@ -1128,7 +1124,31 @@ def fast_condition(toks: list[Tok], slow: Truth) -> tuple[Bool, Truth, Inline] |
             return True
         return slow(ex) if r is DEFER else False
 
-    return fn, truth, ("call", truth)
+    return truth
+
+
+def _path_unsafe(ex: Exchange) -> bool:
+    """Whether Python's re and RE2 may differ on ``req.url.path`` ("$" before a final newline, Unicode
+    case folding); patterns whose meaning differs anyway never compile here (``_regex``)."""
+    p = _decoded_path(ex)
+    return "\n" in p or not p.isascii()
+
+
+def _path_guarded(fn: Bool, strict: bool, inline: Inline | None, slow: Truth) -> tuple[Bool, Truth, Inline]:
+    """``fast_condition``'s answer for a condition with ``req.url.path.matches``: where the path is one
+    re and RE2 may read differently, CEL decides the whole condition."""
+
+    def fast(ex: Exchange) -> Any:
+        return DEFER if _path_unsafe(ex) else fn(ex)
+
+    if strict and inline is not None:
+
+        def guarded(ex: Exchange) -> bool:
+            return slow(ex) if _path_unsafe(ex) else fn(ex)
+
+        return fast, guarded, ("path_guard", inline, slow)
+    truth = _deferring(fast, slow)
+    return fast, truth, ("call", truth)
 
 
 def fast_value(toks: list[Tok]) -> Value | None:

@@ -152,10 +152,14 @@ class Source:
             if form[1] == "contains":
                 return f"({arg} in p)"
             return f"p.{'startswith' if form[1] == 'startsWith' else 'endswith'}({arg})"
-        if kind == "path_matches":
-            # Where Python's re and RE2 may differ (a newline, non-ASCII), CEL decides (cel._str_matches).
+        if kind == "path_search":
+            self.reads.add("p")
+            return f"({self.const(form[1])}(p) is not None)"
+        if kind == "path_guard":
+            # Where Python's re and RE2 may differ on the path (a newline, non-ASCII), CEL decides the
+            # whole condition (cel._path_guarded).
             self.reads.update(("p", "pa"))
-            return f"(({self.const(form[1])}(p) is not None) if pa else {self.const(form[2])}(ex))"
+            return f"({self.expr(form[1])} if pa else {self.const(form[2])}(ex))"
         if kind == "header":
             # The edge's request answers itself (headers maybe not decoded yet); else the closure reads
             # the cached header map (cel._has_req_header does both).

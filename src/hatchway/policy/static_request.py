@@ -41,10 +41,10 @@ class WireSource(Source):
         kind = form[0]
         if kind == "call":
             raise NotCovered
-        if kind == "path_matches":
+        if kind == "path_guard":
             # A path where re and RE2 may differ never gets here: the function's prologue says FULL.
             self.reads.update(("p", "pa"))
-            return f"({self.const(form[1])}(p) is not None)"
+            return self.expr(form[1])
         if kind == "header":
             # An ASCII name is a lower-cased decoded name exactly when its bytes are a bytes.lower()'d raw
             # name (latin-1 letters above ASCII never lower-case into ASCII); others are not covered.

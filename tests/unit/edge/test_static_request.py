@@ -34,6 +34,8 @@ _LEAF = st.sampled_from(
         "'x-debug' in req.headers",
         "'x-added' in req.headers",
         "'X-Debug' in req.headers",  # map keys are lower-case: never true
+        "req.url.path.matches('^/(admin|api)')",
+        "req.url.path.matches('b$')",
     ]
 )
 _EXPR = st.recursive(
@@ -45,7 +47,7 @@ _EXPR = st.recursive(
     ),
     max_leaves=3,
 )
-# A regex is covered as a whole expression (inside && it may defer the whole condition to CEL).
+# A regex as a whole expression too (inside &&, || or ! it is one of the leaves above).
 _REGEX = st.sampled_from(["req.url.path.matches('^/(admin|api)')", "req.url.path.matches('b$')"])
 _ACTION = st.sampled_from(
     [
@@ -136,11 +138,12 @@ def test_deciding_from_the_request_bytes_is_running_the_phase(
         ({"expressions": ["req.url.path.matches('^/a')"], "actions": [{"type": "deny"}]}, True),
         (
             {
-                "expressions": ["req.method == 'GET' && req.url.path.matches('^/a')"],
+                "expressions": ["req.method == 'GET' && !req.url.path.matches('^/a')"],
                 "actions": [{"type": "deny"}],
             },
-            False,
+            True,
         ),
+        ({"expressions": ["req.url.path.matches('\\\\pL')"], "actions": [{"type": "deny"}]}, False),
         ({"actions": [{"type": "add-headers", "config": {"headers": {"a": "b"}}}]}, True),
         ({"expressions": ["req.url.query.contains('x')"], "actions": [{"type": "deny"}]}, False),
         ({"expressions": ["req.headers['accept'][0] == 'x'"], "actions": [{"type": "deny"}]}, False),
