@@ -460,8 +460,9 @@ class Http2Connection(asyncio.Protocol):
         if not req.host or req.method in (b"CONNECT", b"HEAD"):
             return False
         ep = self.registry.route(self.scheme, req.host)
-        # ``fast_add`` is None for a policy with more than request-phase rules (see the registry).
-        if ep is None or ep.ws_tcp or (ep.policy is not None and ep.fast_add is None):
+        # A policy only when its request phase is static: nothing else of it can run here, and only such
+        # a phase can be settled without a run (``policy_run.shortcut``).
+        if ep is None or ep.ws_tcp or (ep.policy is not None and not ep.policy.static_request):
             return False
         proxy = self._take_idle(ep)
         if proxy is None:
@@ -776,7 +777,7 @@ class Http2Connection(asyncio.Protocol):
                         raise NoResponse(refused=False, detail=str(exc)) from exc
                 if req.has_body:
                     sender = self._loop.create_task(self._send_body(st, req, stream))
-                prefix = resume if resume is not None and resumed else b""
+                prefix = (resume or b"") if resumed else b""
                 await self._relay_response(st, ep, req, stream, sent_host, run, prefix)
                 return
             except NoResponse as exc:
